@@ -1,0 +1,5 @@
+"""diffusion_lib: the library behind the executable course on diffusion models."""
+
+from .schedules import PREDICTION_TYPES, NoiseSchedule
+from .samplers import (Trajectory, classifier_free_guidance, ddim_invert, ddim_sample, ddpm_sample,
+                       dpm_solver_sample, make_timesteps, sample)
