@@ -1,0 +1,196 @@
+"""Checkpoints: atomic writes, the last K kept, safe loading, and a model loader for notebooks.
+
+A checkpoint is one ``torch.save`` file holding plain dicts, lists, numbers and tensors only, so it
+loads with ``torch.load(..., weights_only=True)`` (no arbitrary code runs when a reader opens a file
+from the internet). Training checkpoints hold:
+
+    step, model, ema, ema_num_averaged, optimizer, scaler, config, model_config, schedule,
+    prediction_type, rng (per rank: torch CPU, CUDA, python, numpy), data_order
+
+Files are named ``ckpt_<step:08d>.pt`` inside ``<output_dir>/checkpoints``. A write goes to a
+temporary file in the same folder, is flushed and fsync'ed, then renamed over the target with
+``os.replace`` (atomic on POSIX and Windows) and the folder is fsync'ed: a crash or SIGKILL at any
+moment leaves either the old file or the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "diffusion_lib.checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated or not one of ours; the message names the file."""
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(output_dir) / f"ckpt_{step:08d}.pt"
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable. Windows cannot open a folder: nothing to do there.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or damaged file raises naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle error, wrong file type ...
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} ({path.stat().st_size} bytes) cannot be read; it is "
+            f"truncated or not a checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or ("model" not in state and "ema" not in state):
+        raise CheckpointError(f"checkpoint file {str(path)!r} holds no 'model' or 'ema' weights")
+    return state
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run's checkpoints, oldest step first (temporary files of interrupted writes ignored)."""
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints and stale temporary files; return the deleted."""
+    ckpts = list_checkpoints(output_dir)
+    doomed = ckpts[:-keep_last] if keep_last > 0 else ckpts
+    folder = checkpoint_dir(output_dir)
+    if folder.is_dir():
+        doomed += [p for p in folder.iterdir() if p.name.startswith(".ckpt_") and p.name.endswith(".tmp")]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+# ----------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """Every global RNG state of this process, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the states captured by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ------------------------------------------------------------------------------------ model loading
+def ema_weights(ckpt: dict) -> dict[str, torch.Tensor]:
+    return ckpt["ema"] if "ema" in ckpt else ckpt["model"]
+
+
+def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, Any, dict]:
+    """Rebuild the UNet and NoiseSchedule of a training checkpoint, in eval mode on ``device``.
+
+    Returns ``(model, schedule, info)``; ``info`` has ``step``, ``prediction_type``, ``num_classes``,
+    ``null_label``, ``image_shape`` (C, H, W), ``config``, ``model_config``, ``weights`` ("ema" or
+    "model") and ``path``. EMA weights are used by default (they give the better samples).
+    """
+    from .models import UNet, UNetConfig
+    from .schedules import NoiseSchedule
+
+    ckpt = load_checkpoint(path)
+    for key in ("model_config", "schedule"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r}: not a diffusion checkpoint")
+    which = "ema" if ema and "ema" in ckpt else "model"
+    if which not in ckpt:
+        raise CheckpointError(f"checkpoint file {str(path)!r} holds no {which!r} weights")
+    model_config = UNetConfig.from_dict(ckpt["model_config"])
+    model = UNet(model_config)
+    model.load_state_dict(ckpt[which])  # copies into float32 parameters even from fp16 weights
+    model.to(device).eval()
+    schedule = NoiseSchedule.from_dict(ckpt["schedule"])
+    info = {
+        "step": ckpt.get("step"),
+        "prediction_type": ckpt.get("prediction_type", "epsilon"),
+        "num_classes": model_config.num_classes,
+        "null_label": getattr(model, "null_label", None),
+        "image_shape": (model_config.in_channels, model_config.image_size, model_config.image_size),
+        "config": ckpt.get("config", {}),
+        "model_config": ckpt["model_config"],
+        "weights": which,
+        "path": str(path),
+    }
+    return model, schedule, info
