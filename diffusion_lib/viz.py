@@ -1,8 +1,9 @@
 """Figures for the book: image grids, trajectories, schedule curves and a slider widget.
 
 Images come in as the library's float tensors in [-1, 1], shape (N, C, H, W); they leave as uint8.
-Every plotting function returns its matplotlib ``Figure``. In a notebook end the call with ``;``
-(or assign it), otherwise Jupyter shows the figure twice.
+Every plotting function returns its matplotlib ``Figure``. In a notebook assign it
+(``fig = show_images(x)``): a figure left as a cell's value is shown twice, and a trailing ``;`` does
+not help under nbval, which runs cells without history, where IPython looks for the ``;``.
 """
 
 from __future__ import annotations

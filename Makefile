@@ -1,0 +1,31 @@
+# The README's commands. Each installs what it needs first (quick when already installed).
+PYTHON ?= python3
+NB ?= notebooks/[0-9]*.ipynb
+
+.PHONY: install book test notebooks colab-check clean
+
+install:
+	PYTHON=$(PYTHON) bash scripts/install.sh
+
+# The HTML book in _build/html; the notebooks are shown with their committed outputs (see _config.yml).
+book: install
+	jupyter-book build . -W -n --keep-going
+
+# Unit tests, then every notebook against its committed outputs (smoke profile: see notebooks/conftest.py).
+test: install
+	$(PYTHON) -m pytest tests/
+	$(PYTHON) -m pytest --nbval notebooks/
+
+# Re-execute notebooks in the cpu profile so the committed files carry real outputs
+# (all of them, or one: `make notebooks NB=notebooks/04_training.ipynb`).
+notebooks: install
+	$(PYTHON) scripts/sync_first_cell.py
+	$(PYTHON) scripts/execute_notebooks.py --profile cpu $(NB)
+
+# Colab compatibility (not in CI): Python 3.13 venv with Colab's versions, the notebooks' own
+# install cell, then the smoke notebooks.
+colab-check:
+	bash scripts/colab_check.sh
+
+clean:
+	rm -rf _build

@@ -1,0 +1,115 @@
+"""The rules every chapter notebook follows, shared by the sync, execute and check scripts.
+
+- Its first code cell is the set-up cell, exactly ``notebooks/_first_cell.py``, tagged
+  ``setup`` (how the sync script finds it) and ``hide-input`` (collapsed in the book).
+- One code cell is tagged ``parameters`` and reads the profile with ``get_profile()``.
+- It is committed executed in the cpu profile: no errors, every code cell run, under 3 MB.
+- nbval (smoke profile) compares every output against those cpu outputs, so a cell whose output
+  depends on the profile or the run starts with ``# NBVAL_IGNORE_OUTPUT`` (or ``# NBVAL_SKIP``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+FIRST_CELL_FILE = NOTEBOOKS / "_first_cell.py"
+SETUP_TAGS = ["setup", "hide-input"]
+MAX_BYTES = 3 * 1024 * 1024
+MARKERS = ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP")
+KERNEL_NAME = "python3"
+
+# Output text that differs between runs or machines, allowed only in marked cells.
+RUN_DEPENDENT = {
+    "a memory address": re.compile(r" at 0x[0-9a-fA-F]{6,}"),
+    "a progress bar or rate": re.compile(r"\d+(\.\d+)?\s?(it/s|s/it)|\|[#█▏▎▍▌▋▊▉ ]{5,}\|"),
+    "an absolute path": re.compile(r"(^|[\s'\"(])/(home|root|tmp|work|usr|content|Users)/"),
+}
+
+
+def notebook_paths() -> list[Path]:
+    """The chapter notebooks: notebooks/NN_name.ipynb."""
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def first_cell_source() -> str:
+    return FIRST_CELL_FILE.read_text().strip("\n")
+
+
+def is_marked(cell) -> bool:
+    first_line = cell.source.lstrip().split("\n", 1)[0]
+    return first_line.startswith(MARKERS)
+
+
+def output_text(output) -> str:
+    if output.output_type == "stream":
+        return output.text
+    data = output.get("data", {})
+    return "\n".join(str(data[k]) for k in ("text/plain", "text/html", "text/markdown") if k in data)
+
+
+def check_notebook(path: Path) -> list[str]:
+    """Every rule the notebook at ``path`` breaks, as readable lines (empty when it is fine)."""
+    problems = []
+    if path.stat().st_size >= MAX_BYTES:
+        problems.append(f"{path.stat().st_size / 2**20:.1f} MB; keep notebooks under 3 MB (smaller figures)")
+    nb = nbformat.read(path, as_version=4)
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as error:
+        problems.append(f"invalid notebook: {error.message}")
+    kernel = nb.metadata.get("kernelspec", {}).get("name")
+    if kernel != KERNEL_NAME:
+        problems.append(f"kernelspec name is {kernel!r}; use {KERNEL_NAME!r}")
+
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    if not code:
+        return problems + ["no code cells"]
+    first = code[0][1]
+    if first.source.strip("\n") != first_cell_source():
+        problems.append("first code cell differs from notebooks/_first_cell.py: run scripts/sync_first_cell.py")
+    if first.outputs:
+        problems.append("the set-up cell has outputs; off Colab it must print nothing")
+    if sorted(first.metadata.get("tags", [])) != sorted(SETUP_TAGS):
+        problems.append(f"the set-up cell's tags must be {SETUP_TAGS}: run scripts/sync_first_cell.py")
+
+    parameters = [c for _, c in code if "parameters" in c.metadata.get("tags", [])]
+    if len(parameters) != 1:
+        problems.append(f"{len(parameters)} cells tagged 'parameters'; exactly one must read the profile")
+    elif "get_profile()" not in parameters[0].source:
+        problems.append("the 'parameters' cell must read the profile with get_profile()")
+
+    compared = 0
+    for i, cell in code:
+        where = f"cell {i}"
+        if cell.source.rstrip().endswith(";"):
+            problems.append(f"{where} ends with ';', which nbval ignores: assign the value instead (fig = ...)")
+        if any(o.output_type == "execute_result" and str(o.data.get("text/plain", "")).startswith("<Figure")
+               for o in cell.outputs):
+            problems.append(f"{where} leaves a figure as its value, so it is shown twice: assign it (fig = ...)")
+        if cell.execution_count is None and cell is not first:
+            problems.append(f"{where} was not executed; commit notebooks run with `make notebooks`")
+        for output in cell.outputs:
+            if output.output_type == "error":
+                problems.append(f"{where} has an error output ({output.get('ename')})")
+        if cell.outputs and not is_marked(cell):
+            compared += 1
+            for output in cell.outputs:
+                reason = None
+                if output.output_type == "stream" and output.name == "stderr":
+                    reason = "writes to stderr (warnings, progress bars)"
+                elif "application/vnd.jupyter.widget-view+json" in output.get("data", {}):
+                    reason = "shows a widget"
+                else:
+                    text = output_text(output)
+                    reason = next((f"shows {name}" for name, rx in RUN_DEPENDENT.items() if rx.search(text)), None)
+                if reason:
+                    problems.append(f"{where} {reason} but does not start with '# NBVAL_IGNORE_OUTPUT'")
+                    break
+    if compared == 0:
+        problems.append("no cell's output is compared by nbval; keep some deterministic cells unmarked")
+    return problems

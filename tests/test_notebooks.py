@@ -1,0 +1,68 @@
+"""Static checks of the chapter notebooks (their execution is tested by `pytest --nbval notebooks/`)."""
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from notebook_rules import check_notebook, first_cell_source, notebook_paths  # noqa: E402
+from sync_first_cell import sync  # noqa: E402
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
+def test_notebook_follows_the_rules(path):
+    assert check_notebook(path) == []
+
+
+def test_there_are_notebooks():
+    assert notebook_paths(), "no notebooks/NN_*.ipynb found"
+
+
+def test_first_cell_does_nothing_off_colab():
+    namespace = {}
+    exec(compile(first_cell_source(), "_first_cell.py", "exec"), namespace)
+    assert "subprocess" not in namespace  # the Colab branch did not run
+
+
+def test_sync_inserts_and_repairs_the_setup_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "01_demo.ipynb"
+    nbformat.write(nb, path)
+    assert sync(path) is True
+    cells = nbformat.read(path, as_version=4).cells
+    assert [c.cell_type for c in cells] == ["markdown", "code", "code"]
+    assert cells[1].source == first_cell_source() and cells[2].source == "x = 1"
+    assert sync(path) is False  # already canonical: untouched
+
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].source = "# an old set-up cell"
+    nbformat.write(nb, path)
+    assert sync(path) is True
+    assert nbformat.read(path, as_version=4).cells[1].source == first_cell_source()
+
+
+def test_check_reports_broken_rules(tmp_path):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    params = nbformat.v4.new_code_cell("profile = get_profile()", metadata={"tags": ["parameters"]}, execution_count=1)
+    noisy = nbformat.v4.new_code_cell("train()", execution_count=2)
+    noisy.outputs = [nbformat.v4.new_output("stream", name="stderr", text="100%|██████████| 10/10 [00:01<00:00, 9.5it/s]")]
+    broken = nbformat.v4.new_code_cell("1 / 0", execution_count=3)
+    broken.outputs = [nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="", traceback=[])]
+    nb.cells = [nbformat.v4.new_code_cell("pass"), params, noisy, broken]
+    path = tmp_path / "02_bad.ipynb"
+    nbformat.write(nb, path)
+    problems = "\n".join(check_notebook(path))
+    assert "first code cell differs" in problems
+    assert "cell 2 writes to stderr" in problems
+    assert "cell 3 has an error output (ZeroDivisionError)" in problems
+
+    noisy.source = "# NBVAL_IGNORE_OUTPUT\ntrain()"
+    nb.cells = [nbformat.v4.new_code_cell(first_cell_source(), metadata={"tags": ["setup", "hide-input"]}), params, noisy]
+    shape = nbformat.v4.new_code_cell("x.shape", execution_count=4)
+    shape.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "torch.Size([2, 3])"}, execution_count=4)]
+    nb.cells.append(shape)
+    nbformat.write(nb, path)
+    assert check_notebook(path) == []
