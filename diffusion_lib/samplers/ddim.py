@@ -60,14 +60,19 @@ def ddim_invert(model, schedule, x0, *, num_steps=50, spacing="leading", num_ite
                 prediction_type="epsilon", return_trajectory=False, progress=False):
     """Deterministic DDIM inversion x0 → x_T: the inverse of ddim_sample with η = 0 and the same steps.
 
-    Each deterministic DDIM step x_prev = √ᾱ_prev · x̂0(x_t) + √(1 − ᾱ_prev) · ε̂(x_t, t) (eq. 12,
-    σ = 0) is solved for x_t given x_prev: with ε fixed, x_t = √ᾱ_t · (x_prev − √(1−ᾱ_prev) ε)/√ᾱ_prev
-    + √(1 − ᾱ_t) · ε. ε depends on the unknown x_t, so:
-      - num_iterations = 0: the usual one-step approximation (Song et al. 2021 §4.3, Dhariwal &
-        Nichol 2021 App. F), ε taken at the previous point, ε̂(x_prev, t). Its round-trip error is
+    The deterministic DDIM step from x_t to x_prev (eq. 12 with σ = 0) is
+        x_prev = √ᾱ_prev · x̂0(x_t) + √(1 − ᾱ_prev) · ε̂(x_t),
+    and inverting it means solving for x_t, on which the model's prediction depends:
+      - num_iterations = 0: the usual one-step approximation (Song et al. 2021, §4.3; Dhariwal &
+        Nichol 2021, App. F): hold ε̂ at its value at the previous point, ε̂(x_prev, t), and solve,
+        x_t = √ᾱ_t · (x_prev − √(1 − ᾱ_prev) ε̂)/√ᾱ_prev + √(1 − ᾱ_t) · ε̂. Its round-trip error is
         O(1/num_steps), not a bug in the code (diffusers #4654, #5703 report it as one).
-      - num_iterations = k: k fixed-point iterations x_t ← step⁻¹(x_prev; ε̂(x_t, t)), which converge
-        to the exact inverse when ε̂ varies slowly in x_t (each costs one model call per step).
+      - num_iterations = k: k fixed-point iterations that converge to the exact inverse. Writing
+        √ᾱ = cos φ, √(1 − ᾱ) = sin φ and Δ = φ_t − φ_prev, the step is x_prev = cos Δ · x_t − sin Δ · v̂(x_t)
+        with v̂ = √ᾱ ε̂ − √(1−ᾱ) x̂0 (Salimans & Ho 2022, §4), so each iteration sets
+        x_t ← (x_prev + sin Δ · v̂(x_t, t)) / cos Δ. Holding v̂ rather than ε̂ keeps the iteration
+        contracting (factor ~ tan Δ · ‖∂v̂/∂x‖) even where ᾱ_prev → 0, where holding ε̂ stalls.
+        Each iteration costs one model call per step.
 
     Returns:
         x_T at timesteps[0] (the noisiest step of the array), or (x_T, Trajectory) whose entries run
@@ -84,14 +89,16 @@ def ddim_invert(model, schedule, x0, *, num_steps=50, spacing="leading", num_ite
     ab = [1.0] + run.alpha_bar
     x_prev = x0
     for i in run.steps():
-        a_prev, b_prev = math.sqrt(ab[i]), math.sqrt(1 - ab[i])
+        a_p, b_p = math.sqrt(ab[i]), math.sqrt(1 - ab[i])
         a_t, b_t = math.sqrt(ab[i + 1]), math.sqrt(1 - ab[i + 1])
-        # x_t = c_prev · x_prev + c_eps · ε, from x0 = (x_prev − b_prev ε)/a_prev
-        c_prev, c_eps = a_t / a_prev, b_t - a_t * b_prev / a_prev
-        x = x_prev
-        for _ in range(num_iterations + 1):
+        cos_d, sin_d = a_p * a_t + b_p * b_t, b_t * a_p - a_t * b_p
+        x0_pred, eps = run.predict(x_prev, i, record=False)
+        # one-step approximation: x_t = (a_t/a_p) x_prev + (b_t − a_t b_p/a_p) ε̂(x_prev, t)
+        x = torch.add(x_prev * (a_t / a_p), eps, alpha=b_t - a_t * b_p / a_p)
+        for _ in range(num_iterations):
             x0_pred, eps = run.predict(x, i, record=False)
-            x = torch.add(x_prev * c_prev, eps, alpha=c_eps)
+            v = torch.mul(eps, a_t).sub_(x0_pred, alpha=b_t)
+            x = torch.add(x_prev, v, alpha=sin_d).mul_(1.0 / cos_d)
         if run.trajectory is not None:
             run.trajectory.x_t.append(x)
             run.trajectory.x0_pred.append(x0_pred)
