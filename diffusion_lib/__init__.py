@@ -3,3 +3,6 @@
 from .schedules import PREDICTION_TYPES, NoiseSchedule
 from .samplers import (Trajectory, classifier_free_guidance, ddim_invert, ddim_sample, ddpm_sample,
                        dpm_solver_sample, make_timesteps, sample)
+from .data import DatasetInfo, dataset_info, load_dataset, toy_2d
+from .models import (VAE, Classifier, ClassifierConfig, UNet, UNetConfig, VAEConfig, measure_latent_scale,
+                     vae_loss)
