@@ -5,13 +5,11 @@ import sys
 if "google.colab" in sys.modules:
     import importlib
     import subprocess
-
-    import torch
-    import torchvision
+    from importlib.metadata import version
 
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q",
-         f"torch=={torch.__version__}", f"torchvision=={torchvision.__version__}",
+         f"torch=={version('torch')}", f"torchvision=={version('torchvision')}",
          "torchmetrics", "torch-fidelity",
          "diffusion_lib @ git+https://github.com/diffusion-course/diffusion-course@main"],
         check=True,
