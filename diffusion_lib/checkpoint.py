@@ -92,8 +92,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle error, wrong file type ...
         raise CheckpointError(
-            f"checkpoint file {str(path)!r} ({path.stat().st_size} bytes) cannot be read; it is "
-            f"truncated or not a checkpoint: {type(e).__name__}: {e}") from e
+            f"checkpoint file {str(path)!r} ({path.stat().st_size} bytes) cannot be read; it is truncated, "
+            f"damaged or not a weights-only checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(state, dict) or ("model" not in state and "ema" not in state):
         raise CheckpointError(f"checkpoint file {str(path)!r} holds no 'model' or 'ema' weights")
     return state

@@ -32,6 +32,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's default size
     hflip: bool = False  # random horizontal flip, drawn from the step's seeded generator
     dataset_kwargs: dict = field(default_factory=dict)  # extra arguments of data.load_dataset
+    vae: str | None = None  # latent diffusion: VAE checkpoint whose scaled latents the UNet learns
     # model: a named UNet preset, with fields replaced by model_overrides
     model: str = "fashion_small"
     model_overrides: dict = field(default_factory=dict)

@@ -157,26 +157,27 @@ def build_model_config(config: TrainConfig, dataset_info=None):
             overrides["num_classes"] = None
     elif config.class_conditional and overrides["num_classes"] is None:
         raise ConfigError("class_conditional is true but model_overrides.num_classes is null")
-    if config.image_size is not None and "image_size" not in overrides:
+    # In latent diffusion image_size is the images' size; the UNet's size is the latents'.
+    pixel_model = config.vae is None
+    if pixel_model and config.image_size is not None and "image_size" not in overrides:
         overrides["image_size"] = config.image_size
     try:
         model_config = UNetConfig.preset(config.model, **overrides)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config keys 'model'/'model_overrides': {e}") from e
-    if config.image_size is not None and model_config.image_size != config.image_size:
+    if pixel_model and config.image_size is not None and model_config.image_size != config.image_size:
         raise ConfigError(f"config key 'image_size' ({config.image_size}) differs from the model's "
                           f"image_size ({model_config.image_size})")
-    if dataset_info is not None:
-        channels = getattr(dataset_info, "channels", None)
-        if channels is not None and channels != model_config.in_channels:
-            raise ConfigError(
-                f"dataset {config.dataset!r} has {channels} channels but model {config.model!r} takes "
-                f"in_channels={model_config.in_channels}; set model_overrides.in_channels={channels} "
-                f"or choose another model preset")
-        classes = getattr(dataset_info, "num_classes", None)
-        if config.class_conditional and classes is not None and classes > model_config.num_classes:
-            raise ConfigError(f"dataset {config.dataset!r} has {classes} classes but the model has "
-                              f"num_classes={model_config.num_classes}: labels would be out of range")
+    channels = getattr(dataset_info, "channels", None)
+    if pixel_model and channels is not None and channels != model_config.in_channels:
+        raise ConfigError(
+            f"dataset {config.dataset!r} has {channels} channels but model {config.model!r} takes "
+            f"in_channels={model_config.in_channels}; set model_overrides.in_channels={channels} "
+            f"or choose another model preset")
+    classes = getattr(dataset_info, "num_classes", None)
+    if config.class_conditional and classes is not None and classes > model_config.num_classes:
+        raise ConfigError(f"dataset {config.dataset!r} has {classes} classes but the model has "
+                          f"num_classes={model_config.num_classes}: labels would be out of range")
     return model_config
 
 
@@ -322,7 +323,7 @@ class Trainer:
             "rng": rng_states,
             "data_order": self.order.state(self.step),
             "world_size": self.dist.world_size,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             **self.extra_state,
         }
 
@@ -401,10 +402,29 @@ class Trainer:
             images = self.sample_fn(self.ema.module, generator)
         path = self.output_dir / "samples" / f"step_{self.step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image((images.float().clamp(-1, 1) + 1) / 2, path, nrow=math.ceil(math.sqrt(len(images))))
+        images = images[:, :3].float().clamp(-1, 1)  # latents with 4 channels: show the first 3
+        save_image((images + 1) / 2, path, nrow=math.ceil(math.sqrt(len(images))))
         return path
 
     # ------------------------------------------------------------------------------- the loop
+    def _batches(self):
+        """(x, y) batches of this process's share, in the order of ``self.order``."""
+        from .data import ImageTensorDataset, to_float
+
+        if type(self.dataset) is ImageTensorDataset and not self.dataset.hflip:
+            # In-memory uint8 images: index whole batches (on the GPU when training there) instead
+            # of collating single items; the same values as the DataLoader path.
+            images, labels = self.dataset.images, self.dataset.labels
+            if self.device.type == "cuda" and images.numel() < 2**31:
+                images, labels = images.to(self.device), labels.to(self.device)
+            for indices in self.order:
+                idx = torch.tensor(indices, device=images.device)
+                yield to_float(images[idx]), labels[idx]
+        else:
+            yield from torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order,
+                                                   num_workers=self.config.num_workers,
+                                                   pin_memory=self.device.type == "cuda")
+
     def fit(self, resume: bool | str | Path = False) -> dict:
         """Train until ``max_steps``; resume from the latest (``True``) or a given checkpoint."""
         c = self.config
@@ -420,9 +440,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             log_file, log, tb = self._open_log(resumed=start_step > 0)
         self.order.start_step = start_step
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order, num_workers=c.num_workers,
-                                             pin_memory=self.device.type == "cuda")
-        batches = iter(loader)
+        batches = self._batches()
         bar = tqdm(total=c.max_steps, initial=start_step, desc="train", dynamic_ncols=True,
                    disable=not (c.progress and self.dist.is_main))
         history: list[tuple[int, float]] = []
@@ -518,6 +536,16 @@ def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable
     return sample_fn
 
 
+def _latent_dataset(dataset, config: TrainConfig, device: torch.device):
+    """The dataset encoded to scaled VAE latents (latent diffusion, Rombach et al. 2022)."""
+    try:
+        from .latent import encode_dataset
+    except ImportError as e:
+        raise ConfigError(f"config key 'vae' needs diffusion_lib.latent.encode_dataset (latent diffusion), "
+                          f"which is not available: {e}") from e
+    return encode_dataset(dataset, config.vae, device=device)
+
+
 def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=None,
           model: torch.nn.Module | None = None, extra_state: dict | None = None) -> dict:
     """Train a diffusion model as ``config`` says; returns a summary dict (step, loss, history, checkpoint).
@@ -542,17 +570,21 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
         image_shape = (model_config.in_channels, model_config.image_size, model_config.image_size)
         if dataset is None:
             dataset = load_dataset(config.dataset, "train", root=config.data_root,
-                                   image_size=model_config.image_size, **config.dataset_kwargs)
-            _check_item_shape(dataset, image_shape, f"dataset {config.dataset!r}")
+                                   image_size=config.image_size if config.vae else model_config.image_size,
+                                   **config.dataset_kwargs)
+            if config.vae is not None:
+                dataset = _latent_dataset(dataset, config, device)
+            what = f"dataset {config.dataset!r}" + (" (encoded by the VAE)" if config.vae else "")
         else:
-            _check_item_shape(dataset, image_shape, "the given dataset")
+            what = "the given dataset"
+        _check_item_shape(dataset, image_shape, what)
         if model is None:
             from .models import UNet
             torch.manual_seed(config.seed)  # the same initial weights on every process
             model = UNet(model_config)
         null_label = model_config.num_classes
         state = {"model_config": model_config.to_dict(), "schedule": schedule.to_dict(),
-                 "prediction_type": config.prediction_type, **(extra_state or {})}
+                 "prediction_type": config.prediction_type, "vae": config.vae, **(extra_state or {})}
         trainer = Trainer(config, model, dataset, diffusion_loss_fn(schedule, config, null_label),
                           extra_state=state, sample_fn=diffusion_sample_fn(schedule, config, model_config),
                           dist_info=dist_info, device=device)

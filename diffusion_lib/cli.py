@@ -1,0 +1,189 @@
+"""Command line: ``python -m diffusion_lib train | sample | evaluate``.
+
+    python -m diffusion_lib train --config configs/fashion_cpu.yaml [--set key=value ...] [--resume [CKPT]]
+    torchrun --nproc_per_node=2 -m diffusion_lib train --config ...        (DistributedDataParallel)
+    python -m diffusion_lib sample --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
+        --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
+
+Subcommands live in a small registry. A module that adds one (the metrics module adds
+``evaluate``) defines ``register_cli(register)`` and calls
+``register(name, help, add_arguments, run)``; it is imported only when its subcommand is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Subcommand:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+# Subcommands provided by other modules, imported on use: name -> module with register_cli(register).
+PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.metrics"}
+
+
+def register_subcommand(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
+    """Add (or replace) subcommand ``name``; ``run(args)`` returns an exit code or None."""
+    SUBCOMMANDS[name] = Subcommand(help, add_arguments, run)
+
+
+# ------------------------------------------------------------------------------------------ train
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/); omitted: the TrainConfig defaults")
+    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a config key (value parsed as YAML; model_overrides.dropout=0 sets "
+                        "one entry of a dict key); repeatable")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="continue from the latest checkpoint in output_dir (or from CKPT); "
+                        "starts fresh when there is none yet")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    overrides = [item for group in args.overrides for item in group]
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: v for k, v in result.items() if k != "history"}
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- sample
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (.pt)")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
+    p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: --n)")
+    p.add_argument("--out", default="grid.png", help="PNG grid to write")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: ~sqrt(n))")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance s (1: conditional, 0: unconditional; Ho & Salimans' w = s - 1)")
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class of every image (conditional models; default: classes in turn)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import math
+
+    import torch
+
+    from .checkpoint import load_model
+    from .samplers import classifier_free_guidance, sample
+    from .viz import save_grid
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    batch_size = args.batch_size or args.n
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    model, schedule, info = load_model(args.checkpoint, ema=not args.no_ema, device=device)
+    num_classes = info["num_classes"]
+    y = None
+    if num_classes is None:
+        if args.class_label is not None or args.guidance_scale != 1.0:
+            raise ValueError("--class and --guidance-scale need a class-conditional model; "
+                             f"{args.checkpoint} is unconditional")
+    else:
+        if args.class_label is not None and not 0 <= args.class_label < num_classes:
+            raise ValueError(f"--class must be in [0, {num_classes - 1}] for this model, got {args.class_label}")
+        y = (torch.full((args.n,), args.class_label) if args.class_label is not None
+             else torch.arange(args.n) % num_classes).to(device)
+    net = model if args.guidance_scale == 1.0 else classifier_free_guidance(model, args.guidance_scale,
+                                                                             info["null_label"])
+    options = {"prediction_type": info["prediction_type"]}
+    if args.sampler == "ddim":
+        options.update(num_steps=args.steps, eta=args.eta)
+    elif args.sampler == "dpm_solver":
+        options.update(num_steps=args.steps)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    images = []
+    with torch.no_grad():
+        for start in range(0, args.n, batch_size):
+            n = min(batch_size, args.n - start)
+            images.append(sample(net, schedule, args.sampler, shape=(n, *info["image_shape"]), generator=generator,
+                                 y=None if y is None else y[start:start + n], device=device, progress=True,
+                                 **options).cpu())
+    images = torch.cat(images)
+    path = save_grid(images, args.out, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+    print(f"wrote {args.n} samples ({args.sampler}, {info['weights']} weights, step {info['step']}) to {path}")
+    return 0
+
+
+register_subcommand("train", "train a diffusion model from a YAML config", _train_arguments, _train)
+register_subcommand("sample", "sample an image grid from a checkpoint", _sample_arguments, _sample)
+
+
+# --------------------------------------------------------------------------------------- dispatch
+def _load_provider(name: str) -> str | None:
+    """Import the module providing subcommand ``name``; return why it is unavailable, or None."""
+    module_name = PROVIDERS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            return f"{module_name} does not exist yet"
+        raise
+    if name not in SUBCOMMANDS:
+        register = getattr(module, "register_cli", None)
+        if register is None:
+            return f"{module_name} has no register_cli(register) function"
+        register(register_subcommand)
+    return None if name in SUBCOMMANDS else f"{module_name}.register_cli did not register {name!r}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffusion_lib",
+                                     description="Train, sample and evaluate diffusion models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in SUBCOMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    for name, module_name in PROVIDERS.items():
+        if name not in SUBCOMMANDS:
+            sub.add_parser(name, help=f"(provided by {module_name})", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    if command in PROVIDERS and command not in SUBCOMMANDS:
+        why = _load_provider(command)
+        if why is not None:
+            print(f"python -m diffusion_lib {command} is not available yet: {why}.", file=sys.stderr)
+            return 2
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .training import NonFiniteLossError
+
+    try:
+        return SUBCOMMANDS[args.command].run(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:
+        # Bad input: one clear line, no traceback (the message names the key, file or option).
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
