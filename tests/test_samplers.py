@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from analytic_gaussian import (GaussianDenoiser, MixtureDenoiser, assert_moments, ddim_moments, ddpm_moments,
-                               dpm_solver_2m_moments)
+                               dpm_solver_2m_moments, one_thread)
 
 from diffusion_lib import NoiseSchedule, ddim_invert, ddim_sample, ddpm_sample, dpm_solver_sample, make_timesteps, sample
 from diffusion_lib.samplers import SPACINGS, Trajectory, logsnr_timesteps
@@ -17,6 +17,7 @@ MU, SIGMA = 0.3, 0.2
 N, D = 5000, 4  # 5000 samples of 4 independent coordinates
 LINEAR = NoiseSchedule.linear()
 COSINE = NoiseSchedule.cosine()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def x_T(seed=0, n=N, d=D):
@@ -61,18 +62,23 @@ def test_propagation_reproduces_reference_numbers():
             assert math.sqrt(var) == pytest.approx(std, abs=6e-4)
 
 
+def _ddim_case(S, eta, spacing):
+    return ("ddim", dict(num_steps=S, eta=eta, spacing=spacing),
+            lambda s: ddim_moments(s, make_timesteps(1000, S, spacing), MU, SIGMA, eta))
+
+
+def _dpm_case(S, spacing="logsnr"):
+    ts = (lambda s: logsnr_timesteps(s, S)) if spacing == "logsnr" else (lambda s: make_timesteps(1000, S, spacing))
+    return ("dpm_solver", dict(num_steps=S, spacing=spacing), lambda s: dpm_solver_2m_moments(s, ts(s), MU, SIGMA))
+
+
 CASES = [
     ("ddpm", dict(), lambda s: ddpm_moments(s, MU, SIGMA)),
     ("ddpm", dict(variance="fixed_large"), lambda s: ddpm_moments(s, MU, SIGMA, "fixed_large")),
-    *[("ddim", dict(num_steps=S, eta=eta, spacing=sp),
-       (lambda S, eta, sp: lambda s: ddim_moments(s, make_timesteps(1000, S, sp), MU, SIGMA, eta))(S, eta, sp))
-      for S in (10, 50, 1000) for eta in (0.0, 1.0) for sp in ("leading", "linspace")],
-    ("ddim", dict(num_steps=50, eta=0.5, spacing="trailing"),
-     lambda s: ddim_moments(s, make_timesteps(1000, 50, "trailing"), MU, SIGMA, 0.5)),
-    *[("dpm_solver", dict(num_steps=S), (lambda S: lambda s: dpm_solver_2m_moments(s, logsnr_timesteps(s, S), MU, SIGMA))(S))
-      for S in (10, 20)],
-    ("dpm_solver", dict(num_steps=10, spacing="linspace"),
-     lambda s: dpm_solver_2m_moments(s, make_timesteps(1000, 10, "linspace"), MU, SIGMA)),
+    *[_ddim_case(S, eta, sp) for S in (10, 50) for eta in (0.0, 1.0) for sp in ("leading", "linspace")],
+    *[_ddim_case(1000, eta, "linspace") for eta in (0.0, 1.0)],  # at S = T every spacing is T−1..0
+    _ddim_case(50, 0.5, "trailing"),
+    _dpm_case(10), _dpm_case(20), _dpm_case(10, "linspace"),
 ]
 
 
@@ -104,7 +110,7 @@ def test_few_step_ddim_does_not_reproduce_sigma():
 
 DETERMINISTIC = [*[("ddim", dict(num_steps=S, spacing=sp), (lambda S, sp: lambda s, start: ddim_moments(
                     s, make_timesteps(1000, S, sp), MU, SIGMA, 0.0, start))(S, sp))
-                   for S in (10, 50, 1000) for sp in SPACINGS],
+                   for S, sp in [(10, x) for x in SPACINGS] + [(50, x) for x in SPACINGS] + [(1000, "linspace")]],
                  *[("dpm_solver", dict(num_steps=S), (lambda S: lambda s, start: dpm_solver_2m_moments(
                      s, logsnr_timesteps(s, S), MU, SIGMA, start))(S)) for S in (10, 20)]]
 
@@ -153,7 +159,6 @@ def test_gaussian_mixture_weights():
     runs = {
         "ddpm": ddpm_sample(model, schedule, xT, generator=torch.Generator().manual_seed(6)),
         "ddim-1000": ddim_sample(model, schedule, xT, num_steps=1000),
-        "ddim-1000-eta1": ddim_sample(model, schedule, xT, num_steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7)),
         "dpm_solver-100": dpm_solver_sample(model, schedule, xT, num_steps=100),
     }
     m = torch.tensor(means, dtype=torch.float64)
