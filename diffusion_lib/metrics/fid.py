@@ -83,6 +83,13 @@ def _features(x, extractor, **kw) -> FeatureSet:
     return x if isinstance(x, FeatureSet) else extract_features(x, extractor, **kw)
 
 
+def warn_small_sample(n_samples: int, n_reference: int) -> None:
+    if min(n_samples, n_reference) < MIN_FID_SAMPLES:
+        warnings.warn(f"FID from {n_samples} samples and {n_reference} reference images: below {MIN_FID_SAMPLES} "
+                      "FID is biased upwards and noisy, comparable only at equal counts; prefer KID for small "
+                      "sample counts", SmallSampleWarning, stacklevel=3)
+
+
 def fid_from_stats(samples: FeatureStats, reference: FeatureStats, *, method: str = "eigh",
                    warn: bool = True) -> FIDResult:
     """FID of two precomputed statistics; ``method`` "eigh" (ours) or "sqrtm" (scipy, slow, the reference)."""

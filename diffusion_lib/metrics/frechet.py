@@ -69,10 +69,17 @@ class FeatureStats:
             return cls(z["mu"], z["sigma"], int(z["n"]), str(z["extractor"]))
 
 
+def _drop_roundoff(eig: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with those at round-off level (|λ| ≤ D·ε·λ_max, incl. negative ones) set
+    to 0: their square roots (~√ε) would otherwise add up to ~1e-6 relative error for singular covariances."""
+    tol = eig.shape[0] * np.finfo(np.float64).eps * max(eig.max(initial=0.0), 0.0)
+    return np.where(eig > tol, eig, 0.0)
+
+
 def sqrtm_psd(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a PSD matrix by eigh; round-off negative eigenvalues count as 0."""
+    """Symmetric square root of a PSD matrix by eigh."""
     w, v = np.linalg.eigh(sigma)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    return (v * np.sqrt(_drop_roundoff(w))) @ v.T
 
 
 def trace_sqrt_product(sigma1, sigma2) -> float:
@@ -81,7 +88,7 @@ def trace_sqrt_product(sigma1, sigma2) -> float:
     root = sqrtm_psd(sigma1)
     m = root @ sigma2 @ root
     eig = np.linalg.eigvalsh((m + m.T) / 2)  # symmetrise away round-off before eigvalsh
-    return float(np.sqrt(np.clip(eig, 0, None)).sum())
+    return float(np.sqrt(_drop_roundoff(eig)).sum())
 
 
 def _check(mu1, sigma1, mu2, sigma2):

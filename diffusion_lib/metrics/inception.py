@@ -118,7 +118,10 @@ class InceptionTorchScript(FeatureExtractor):
         x = (x - 128) / 128
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        # On the CPU the JIT's profiling runs (the first calls for each new batch shape) cost several
+        # plain forward passes and the convolutions gain nothing from it: run the graph as it is.
+        with torch.jit.optimized_execution(x.is_cuda):
+            return self.net(x)
 
 
 def torchmetrics_inception_net(features: str = "2048", weights_path: str | Path | None = None) -> nn.Module:
