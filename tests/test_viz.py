@@ -78,6 +78,7 @@ def test_slider_calls_the_function_for_each_value():
     widget = viz.slider(lambda t: seen.append(t), "t", range(0, 1000, 100), value=200)
     control = widget.children[0]
     assert (control.min, control.max, control.step, control.value) == (0, 900, 100, 200)
+    widget.update()  # ipywidgets 8 also calls fn on construction, 7 only once displayed
     assert seen[-1] == 200
     control.value = 500
     assert seen[-1] == 500
