@@ -369,6 +369,8 @@ def test_run_evaluation_and_cli_write_json(tmp_path, monkeypatch):
     assert written["extractor"] == "random-projection-64" and written["dataset"] == "shapes"
     assert written["step"] == 7 and "kid" in written and written["warnings"]
     out = tmp_path / "cli.json"
-    code = main(["evaluate", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "2", "--n", "8",
-                 "--extractor", "random-projection-64", "--device", "cpu", "--out", str(out)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        code = main(["evaluate", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "2", "--n", "8",
+                     "--extractor", "random-projection-64", "--device", "cpu", "--out", str(out)])
     assert code == 0 and json.loads(out.read_text())["fid"] == pytest.approx(result["fid"])

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .cache import reference_features, reference_stats
 from .features import extract_features, get_extractor
-from .fid import fid_from_stats, kid_from_features
+from .fid import fid_from_features, fid_from_stats, kid_from_features
 
 METRICS = ("fid", "kid")
 
@@ -128,16 +128,15 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if "kid" in metrics:
+        if "kid" in metrics:  # KID needs the reference features, which then serve FID too
             ref = reference_features(dataset, split, n_reference, **ref_kw)
             kid = kid_from_features(features, ref)
             result.update(kid=kid.kid, kid_std=kid.kid_std, kid_subset_size=kid.subset_size)
-            ref_stats = ref.stats() if "fid" in metrics else None
+            fid = fid_from_features(features, ref) if "fid" in metrics else None
         else:
-            ref_stats = reference_stats(dataset, split, n_reference, **ref_kw)
-        if "fid" in metrics:
-            fid = fid_from_stats(features.stats(), ref_stats)
-            result.update(fid=fid.fid, frechet_seconds=fid.seconds)
+            fid = fid_from_stats(features.stats(), reference_stats(dataset, split, n_reference, **ref_kw))
+        if fid is not None:
+            result.update(fid=fid.fid, fid_method=fid.method, frechet_seconds=fid.seconds)
     result["warnings"] = [str(w.message) for w in caught]
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -163,12 +163,12 @@ def fid(samples, reference, *, extractor: str | nn.Module | None = None, method:
     net = _extractor_for((samples, reference), extractor)
     if method == "torchmetrics":
         return _torchmetrics_fid(samples, reference, net, batch_size, device)
+    if method == "svd" and any(isinstance(x, FeatureStats) for x in (samples, reference)):
+        raise ValueError("method='svd' needs features on both sides, not statistics")
     kw = dict(batch_size=batch_size, device=device, progress=progress)
     samples, reference = (x if isinstance(x, FeatureStats) else _features(x, net, **kw) for x in (samples, reference))
     if isinstance(samples, FeatureSet) and isinstance(reference, FeatureSet):
         return fid_from_features(samples, reference, method=method)
-    if method == "svd":
-        raise ValueError("method='svd' needs features on both sides, not statistics")
     as_stats = (x if isinstance(x, FeatureStats) else x.stats() for x in (samples, reference))
     return fid_from_stats(*as_stats, method="eigh" if method == "auto" else method)
 
