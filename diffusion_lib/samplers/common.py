@@ -94,8 +94,8 @@ class SamplerRun:
         self.t_list = timesteps.tolist()
         alpha_bar = schedule.alpha_bar.tolist()
         self.alpha_bar = [alpha_bar[t] for t in self.t_list]  # ᾱ at each visited step
-        # one (N,) long tensor per step, built once
-        self.t_batch = [torch.full((x.shape[0],), t, dtype=torch.long, device=x.device) for t in self.t_list]
+        # one (N,) long tensor per step: rows of a single (S, N) tensor, built once
+        self.t_batch = timesteps.to(x.device)[:, None].repeat(1, x.shape[0]).unbind(0)
         self.trajectory = Trajectory(timesteps.clone()) if return_trajectory else None
         self.progress = progress
         self.desc = desc

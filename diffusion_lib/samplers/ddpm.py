@@ -43,9 +43,9 @@ def ddpm_sample(model, schedule, x_T=None, *, shape=None, generator=None, y=None
     x = initial_noise(x_T, shape, generator, device, dtype)
     run = SamplerRun(model, schedule, x, make_timesteps(T, T, "leading"), y=y, prediction_type=prediction_type,
                      clip_x0=clip_x0, return_trajectory=return_trajectory, progress=progress, desc="DDPM")
-    var = schedule.posterior_variance if variance == "fixed_small" else schedule.betas
-    coefs = [(schedule.posterior_mean_coef_x0[t].item(), schedule.posterior_mean_coef_xt[t].item(),
-              math.sqrt(var[t].item()) if t > 0 else 0.0) for t in run.t_list]
+    var = (schedule.posterior_variance if variance == "fixed_small" else schedule.betas).tolist()
+    c_x0, c_xt = schedule.posterior_mean_coef_x0.tolist(), schedule.posterior_mean_coef_xt.tolist()
+    coefs = [(c_x0[t], c_xt[t], math.sqrt(var[t]) if t > 0 else 0.0) for t in run.t_list]
     for i in run.steps():
         x0, _ = run.predict(x, i, need_eps=False)
         c_x0, c_xt, std = coefs[i]
