@@ -71,7 +71,8 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: --n)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
-    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: ~sqrt(n))")
+    p.add_argument("--nrow", type=int, default=None,
+                   help="images per grid row (default: one class per column, or ~sqrt(n))")
     p.add_argument("--guidance-scale", type=float, default=1.0,
                    help="classifier-free guidance s (1: conditional, 0: unconditional; Ho & Salimans' w = s - 1)")
     p.add_argument("--class", dest="class_label", type=int, default=None,
@@ -127,7 +128,9 @@ def _sample(args: argparse.Namespace) -> int:
                                  y=None if y is None else y[start:start + n], device=device, progress=True,
                                  **options).cpu())
     images = torch.cat(images)
-    path = save_grid(images, args.out, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+    one_class_per_column = num_classes is not None and args.class_label is None
+    nrow = args.nrow or (num_classes if one_class_per_column else math.ceil(math.sqrt(args.n)))
+    path = save_grid(images, args.out, nrow=nrow)
     print(f"wrote {args.n} samples ({args.sampler}, {info['weights']} weights, step {info['step']}) to {path}")
     return 0
 

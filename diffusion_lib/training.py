@@ -39,6 +39,11 @@ from .distributed import DistInfo, all_mean, barrier, close_distributed, gather_
 from .ema import ema_decay_at, make_ema
 
 
+# Config keys that may change on resume without changing the arithmetic of training.
+_BOOKKEEPING_KEYS = ("max_steps", "output_dir", "progress", "checkpoint_every", "keep_last", "sample_every",
+                     "sample_n", "sample_steps", "sample_guidance_scale", "log_every", "num_workers", "tensorboard")
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or gradient norm) became NaN or infinite; training stopped before saving anything."""
 
@@ -202,13 +207,15 @@ def _cuda_bf16_supported() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain float32). fp16 needs CUDA; "auto" is fp32 on the CPU."""
+    """The autocast dtype (None: plain float32).
+
+    "auto": on CUDA bf16 where the GPU has it natively, else fp16 (with a GradScaler, e.g. a T4);
+    float32 on the CPU, where "bf16" and "fp16" also work (slowly: for trying the code paths).
+    """
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
         return torch.bfloat16 if _cuda_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("config key 'precision' is 'fp16', which needs CUDA; use 'fp32' or 'bf16' on the CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -362,8 +369,7 @@ class Trainer:
                           f"size or batch size: training continues but not exactly as without the break",
                           stacklevel=2)
         changed = sorted(k for k, v in state.get("config", {}).items()
-                         if k not in ("max_steps", "output_dir", "progress", "checkpoint_every", "keep_last",
-                                      "sample_every", "log_every", "num_workers", "tensorboard")
+                         if k not in _BOOKKEEPING_KEYS
                          and config_to_dict(self.config).get(k) != v)
         if changed and self.dist.is_main:
             warnings.warn(f"resuming from {path} with changed config keys {changed}", stacklevel=2)
@@ -403,7 +409,8 @@ class Trainer:
         path = self.output_dir / "samples" / f"step_{self.step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         images = images[:, :3].float().clamp(-1, 1)  # latents with 4 channels: show the first 3
-        save_image((images + 1) / 2, path, nrow=math.ceil(math.sqrt(len(images))))
+        nrow = getattr(self.sample_fn, "nrow", None) or math.ceil(math.sqrt(len(images)))
+        save_image((images + 1) / 2, path, nrow=nrow)
         return path
 
     # ------------------------------------------------------------------------------- the loop
@@ -533,6 +540,7 @@ def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable
         return sample(model, schedule, "ddim", shape=shape, generator=generator, y=y,
                       prediction_type=config.prediction_type, num_steps=config.sample_steps)
 
+    sample_fn.nrow = model_config.num_classes  # a conditional grid has one class per column
     return sample_fn
 
 

@@ -13,9 +13,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
+    from diffusion_lib.data import dataset_info
+
     cfg = load_config(path)
     build_schedule(cfg)
-    build_model_config(cfg)
+    build_model_config(cfg, dataset_info(cfg.dataset))
 
 
 def test_seed_cifar10_is_report_table_iii():

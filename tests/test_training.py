@@ -231,9 +231,20 @@ def test_infinite_lr_is_caught(tmp_path):
         train(tiny_config(tmp_path / "run", lr=1e30, grad_clip="null", warmup_steps=0, max_steps=5, checkpoint_every=1))
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_paths_resume_exactly(tmp_path, precision):
+    # The CUDA paths (fp16 + GradScaler, as on a T4; bf16) also run on the CPU: same code, checked here.
+    out = tmp_path / "run"
+    train(tiny_config(out, precision=precision, max_steps=2, checkpoint_every=2))
+    resumed = ck.load_checkpoint(train(tiny_config(out, precision=precision, max_steps=4), resume=True)["checkpoint"])
+    straight = ck.load_checkpoint(train(tiny_config(tmp_path / "straight", precision=precision, max_steps=4))["checkpoint"])
+    assert resumed["scaler"] == straight["scaler"]
+    assert (resumed["scaler"].get("scale") is not None) == (precision == "fp16")  # a scaler only for fp16
+    assert all(torch.equal(v, straight["model"][k]) for k, v in resumed["model"].items())
+    assert all(torch.isfinite(v).all() for v in resumed["model"].values())
+
+
 def test_bad_inputs(tmp_path):
-    with pytest.raises(ConfigError, match="fp16.*CUDA"):
-        train(tiny_config(tmp_path / "a", precision="fp16"))
     with pytest.raises(ConfigError, match=r"shape \(3, 16, 16\)"):  # images larger than the model takes
         train(tiny_config(tmp_path / "b"), dataset=TensorDataset(torch.zeros(16, 3, 16, 16), torch.zeros(16).long()))
     with pytest.raises(ConfigError, match=r"shape \(1, 8, 8\)"):  # grayscale images, colour model
