@@ -6,3 +6,6 @@ from .samplers import (Trajectory, classifier_free_guidance, ddim_invert, ddim_s
 from .data import DatasetInfo, dataset_info, load_dataset, toy_2d
 from .models import (VAE, Classifier, ClassifierConfig, UNet, UNetConfig, VAEConfig, measure_latent_scale,
                      vae_loss)
+from .config import TrainConfig, load_config
+from .training import diffusion_loss, train, train_step
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
