@@ -343,6 +343,22 @@ def test_classifier_score_accuracy_and_diversity():
     assert spread["mean"] == pytest.approx(3 * diversity["mean"])
 
 
+@pytest.mark.filterwarnings(r"ignore:std\(\)")  # one split has no spread
+def test_inception_score_goes_through_torchmetrics(monkeypatch):
+    pytest.importorskip("torchmetrics")
+
+    class Logits(nn.Module):  # stands in for the 1008-logit Inception, which needs a download
+        def forward(self, x):
+            assert x.dtype == torch.uint8 and x.shape[1] == 3
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long() % 4, 1008).float() * 30
+
+    monkeypatch.setattr(metrics.scores, "torchmetrics_inception_net", lambda *a, **k: Logits())
+    images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4)  # grayscale: repeated to 3
+    result = metrics.inception_score(images, splits=1, device="cpu", progress=False)
+    assert result.name == "inception_score" and result.n == 8
+    assert result.mean == pytest.approx(4.0, rel=1e-4)  # 4 balanced, confident classes
+
+
 # -------------------------------------------------------------------------------------- evaluate
 def test_run_evaluation_and_cli_write_json(tmp_path, monkeypatch):
     from diffusion_lib.checkpoint import save_checkpoint

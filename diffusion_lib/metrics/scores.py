@@ -8,6 +8,7 @@ never as IS.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -96,7 +97,9 @@ def inception_score(images, *, splits: int = 10, batch_size: int = 50, device=No
 
     net = torchmetrics_inception_net("logits_unbiased", weights_path)
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    metric = InceptionScore(feature=net, splits=splits).to(dev)
+    with warnings.catch_warnings():  # its note that it keeps all logits in memory: 1008 floats per image here
+        warnings.filterwarnings("ignore", message=".*save all extracted features", category=UserWarning)
+        metric = InceptionScore(feature=net, splits=splits).to(dev)
     with torch.inference_mode(), tqdm(total=count_images(images), unit="img", disable=not progress,
                                       desc="inception score") as bar:
         for batch in iter_batches(images, batch_size):
