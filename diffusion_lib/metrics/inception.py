@@ -101,15 +101,15 @@ class InceptionTorchScript(FeatureExtractor):
     name = "inception-v3-fid-torchscript"
     num_features = 2048
 
-    def __init__(self, path: str | Path | None = None, *, check: bool = True):
+    def __init__(self, path: str | Path | None = None):
         super().__init__()
         path = Path(path) if path is not None else offline_weights_path()
         if path is None:
             raise FileNotFoundError(f"the offline FID Inception is not installed: {INSTALL_HINT}")
-        self.fingerprint = check_sha1(path) if check else file_sha1(path)
+        self.fingerprint = check_sha1(path)
         self.path = str(path)
         self.resize = _tf1_resize()
-        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript loading; the file is TorchScript
+        with warnings.catch_warnings():  # recent torch deprecates torch.jit.load; the file is TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             self.net = torch.jit.load(str(path), map_location="cpu").eval()
 
