@@ -19,7 +19,7 @@ test: install
 # Re-execute notebooks in the cpu profile so the committed files carry real outputs
 # (all of them, or one: `make notebooks NB=notebooks/04_training.ipynb`).
 notebooks: install
-	$(PYTHON) scripts/sync_first_cell.py
+	$(PYTHON) scripts/sync_first_cell.py $(NB)
 	$(PYTHON) scripts/execute_notebooks.py --profile cpu $(NB)
 
 # Colab compatibility (not in CI): Python 3.13 venv with Colab's versions, the notebooks' own
