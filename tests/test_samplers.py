@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from analytic_gaussian import (GaussianDenoiser, MixtureDenoiser, assert_moments, ddim_moments, ddpm_moments,
-                               dpm_solver_2m_moments, one_thread)
+                               dpm_solver_2m_moments, one_thread)  # noqa: F401 (fixture)
 
 from diffusion_lib import NoiseSchedule, ddim_invert, ddim_sample, ddpm_sample, dpm_solver_sample, make_timesteps, sample
 from diffusion_lib.samplers import SPACINGS, Trajectory, logsnr_timesteps

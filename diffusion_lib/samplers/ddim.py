@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .common import SamplerRun, Trajectory, check_schedule, initial_noise, to_x0_eps
+from .common import SamplerRun, check_schedule, initial_noise
 from .timesteps import make_timesteps
 
 
