@@ -64,11 +64,13 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        # In-place adds are safe here (a convolution's backward does not need its output) and save
+        # two full-size allocations per block.
         h = self.conv1(F.silu(self.norm1(x)))
         if self.emb_proj is not None:
-            h = h + self.emb_proj(F.silu(emb))[:, :, None, None]
+            h += self.emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return h.add_(self.skip(x))
 
 
 class Attention(nn.Module):
