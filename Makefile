@@ -12,9 +12,12 @@ book: install
 	jupyter-book build . -W -n --keep-going
 
 # Unit tests, then every notebook against its committed outputs (smoke profile: see notebooks/conftest.py).
+# Both always run; the target fails if either does.
 test: install
-	$(PYTHON) -m pytest tests/
-	$(PYTHON) -m pytest --nbval notebooks/
+	status=0; \
+	$(PYTHON) -m pytest tests/ || status=1; \
+	$(PYTHON) -m pytest --nbval notebooks/ || status=1; \
+	exit $$status
 
 # Re-execute notebooks in the cpu profile so the committed files carry real outputs
 # (all of them, or one: `make notebooks NB=notebooks/04_training.ipynb`).
