@@ -61,7 +61,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 class AnalyticDenoiser:
     """Shared part of the closed-form denoisers: x̂0 → ε̂, v̂ or the score, and input checks.
 
-    Subclasses implement :meth:`posterior_mean` (E[x0 | x_t], optionally given a label y).
+    Subclasses implement ``_x0``: E[x0 | x_t] (given a label y where the data has classes) on prepared
+    inputs; everything else follows from it.
     """
 
     def __init__(self, schedule: NoiseSchedule, prediction_type: str = "epsilon"):
