@@ -157,6 +157,9 @@ def torch_fidelity_check() -> dict:
     return out
 
 
+PARTS = ("extractor", "frechet", "torch_fidelity_check")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -164,22 +167,28 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-sqrtm", action="store_true", help="skip scipy's sqrtm (about a minute on 2 cores)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="measure only these; the others are kept from an existing --out file")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fid_extractor.json"))
     args = p.parse_args()
-    result = {"machine": machine_info(args.device), "load_average_before": os.getloadavg()}
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() and set(args.parts) != set(PARTS) else {}
+    machine = {"machine": machine_info(args.device), "load_average_before": os.getloadavg()}
     # One thread gives the cleanest per-core figure on a shared machine (OpenMP threads that wait for a
     # busy core spin, which inflates the CPU time of multi-threaded runs); all threads give the wall time.
-    result["extractor"] = [extractor_speed(args.device, args.images, args.batch_size, args.repeats, threads)
-                           for threads in sorted({1, torch.get_num_threads()})]
-    print(json.dumps(result["extractor"], indent=1))
-    result["frechet"] = frechet_timings(not args.no_sqrtm)
-    print(json.dumps(result["frechet"], indent=1))
-    result["torch_fidelity_check"] = torch_fidelity_check()
-    print(json.dumps(result["torch_fidelity_check"], indent=1))
-    result["load_average_after"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    measure = {
+        "extractor": lambda: [extractor_speed(args.device, args.images, args.batch_size, args.repeats, threads)
+                              for threads in sorted({1, torch.get_num_threads()})],
+        "frechet": lambda: frechet_timings(not args.no_sqrtm),
+        "torch_fidelity_check": torch_fidelity_check,
+    }
+    for part in args.parts:
+        result[part] = {**machine, "result": measure[part]()}
+        result[part]["load_average_after"] = os.getloadavg()
+        print(json.dumps(result[part]["result"], indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({k: result[k] for k in PARTS if k in result}, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
