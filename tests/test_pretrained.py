@@ -1,0 +1,130 @@
+"""diffusion_lib.pretrained: where shipped checkpoints are found, how they load (fp16 EMA weights,
+model card), and the notebooks' "load it or train it here"."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from _train_utils import one_thread, tiny_config
+
+from diffusion_lib import pretrained
+from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_lib.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "test_only_tiny_ddpm"  # never a real checkpoint name
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished 3-step run of a ~20k-parameter UNet (training code, shapes 8x8)."""
+    out = tmp_path_factory.mktemp("run")
+    with one_thread():
+        summary = train(tiny_config(out, max_steps=3))
+    return out, Path(summary["checkpoint"])
+
+
+def ship(checkpoint: Path, folder: Path, name: str = NAME, fp16: bool = True, card: dict | None = None) -> Path:
+    """Write a checkpoint as the course ships it: EMA weights only (fp16), configs, schedule; a card."""
+    state = load_checkpoint(checkpoint)
+    ema = {k: v.half() if fp16 and v.is_floating_point() else v for k, v in state["ema"].items()}
+    shipped = {k: state[k] for k in ("step", "model_config", "schedule", "prediction_type", "config")}
+    path = save_checkpoint(folder / f"{name}.pt", {**shipped, "ema": ema})
+    if card is not None:
+        (folder / f"{name}.json").write_text(json.dumps(card))
+    return path
+
+
+@pytest.fixture
+def no_search_dirs(tmp_path, monkeypatch):
+    """Point $DIFFUSION_CHECKPOINTS and the home folder at empty temporary folders."""
+    monkeypatch.setenv(pretrained.CHECKPOINTS_ENV, str(tmp_path / "env"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_search_order(trained_run, no_search_dirs):
+    tmp = no_search_dirs
+    dirs = pretrained.checkpoint_dirs()
+    assert dirs == [tmp / "env", REPO / "checkpoints", tmp / "home" / ".cache" / "diffusion_lib" / "checkpoints"]
+    assert pretrained.find_checkpoint(NAME) is None
+    cached = ship(trained_run[1], dirs[2])
+    assert pretrained.find_checkpoint(NAME) == cached
+    from_env = ship(trained_run[1], dirs[0])
+    assert pretrained.find_checkpoint(NAME) == from_env  # the environment variable wins
+
+
+def test_load_pretrained_fp16_ema_and_card(trained_run, no_search_dirs):
+    card = {"steps": 3, "command": "python -m diffusion_lib train --config tiny.yaml"}
+    ship(trained_run[1], no_search_dirs / "env", card=card)
+    model, schedule, info = pretrained.load_pretrained(NAME)
+    assert info["card"] == card and info["source"] == "shipped" and info["name"] == NAME
+    assert info["weights"] == "ema" and info["step"] == 3
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and not model.training
+    # the weights are the fp16-rounded EMA weights, cast to float32
+    ema = load_checkpoint(trained_run[1])["ema"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ema[key].half().float() if ema[key].is_floating_point() else ema[key])
+    x = torch.randn(2, *info["image_shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert model(x, torch.tensor([0, schedule.num_timesteps - 1])).dtype == torch.float32
+    assert "steps" in pretrained.describe(info) and NAME in pretrained.describe(info)
+
+
+def test_missing_checkpoint_and_bad_names(no_search_dirs):
+    with pytest.raises(FileNotFoundError, match=f"{NAME}.pt.*{pretrained.CHECKPOINTS_ENV}"):
+        pretrained.load_pretrained(NAME)
+    for bad in ("", "a/b", "model.pt", None):
+        with pytest.raises(ValueError, match="name"):
+            pretrained.find_checkpoint(bad)
+
+
+def test_no_card_is_none(trained_run, no_search_dirs):
+    ship(trained_run[1], no_search_dirs / "env", fp16=False)
+    assert pretrained.load_pretrained(NAME)[2]["card"] is None
+
+
+def test_load_or_train_prefers_shipped_except_in_smoke(trained_run, no_search_dirs, tmp_path):
+    ship(trained_run[1], no_search_dirs / "env")
+    config = tiny_config(tmp_path / "ignored", max_steps=2)
+    _, _, info = pretrained.load_or_train(NAME, config, profile="cpu")
+    assert info["source"] == "shipped"
+    with one_thread():
+        _, _, info = pretrained.load_or_train(NAME, config, profile="smoke", progress=False)
+    assert info["source"] == "trained here" and info["step"] == 2 and Path(info["log"]).is_file()
+    assert Path(info["output_dir"]).name.startswith(f"{NAME}-smoke-")  # a fresh temporary folder
+    shutil.rmtree(info["output_dir"])
+
+
+def test_train_here_reuses_a_finished_run(tmp_path):
+    config = tiny_config(tmp_path / "ignored", max_steps=2)
+    with one_thread():
+        model, _, info = pretrained.train_here(NAME, config, profile="cpu", output_dir=tmp_path / "run",
+                                               progress=False)
+        again, _, info2 = pretrained.train_here(NAME, config, profile="cpu", output_dir=tmp_path / "run",
+                                                progress=False)
+    assert info["train"]["start_step"] == 0 and info2["train"]["start_step"] == 2 == info2["step"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert "trained in this notebook (2 steps)" in pretrained.describe(info2)
+
+
+def test_run_dir_names_the_configuration():
+    config = tiny_config("a")
+    path = pretrained.run_dir(NAME, config, "cpu")
+    assert path.parent == Path("runs") and path.name.startswith(f"{NAME}-cpu-")
+    assert pretrained.run_dir(NAME, tiny_config("b"), "cpu") == path  # output_dir is not part of it
+    assert pretrained.run_dir(NAME, tiny_config("a", lr="2e-3"), "cpu") != path
+
+
+def test_notebook_configs_are_valid():
+    for name, profiles in pretrained._NOTEBOOK_CONFIGS.items():
+        for profile in profiles:
+            config = pretrained.notebook_config(name, profile)
+            assert config.num_timesteps == 1000  # schedule values agree between profiles
+    assert pretrained.notebook_config("fashion_ddpm_linear", "cpu", max_steps=7).max_steps == 7
+    with pytest.raises(ValueError, match="cifar10_ddpm.*gpu"):
+        pretrained.notebook_config("cifar10_ddpm", "cpu")
+    with pytest.raises(ValueError, match="profile"):
+        pretrained.notebook_config("fashion_ddpm_linear", "laptop")
