@@ -136,6 +136,7 @@ def trainer_epoch_time(config_path: Path, steps: int, device: str) -> dict:
                                         f"device={device}"])
         result = train(cfg)
     images_per_s = result["images_per_s"]
+    cfg = load_config(config_path, [f"device={device}"])  # the config as shipped, for its max_steps
     from diffusion_lib.data import load_dataset
     n = len(load_dataset(cfg.dataset, "train", root=cfg.data_root, download=False))
     steps_per_epoch = n // cfg.batch_size
@@ -146,6 +147,11 @@ def trainer_epoch_time(config_path: Path, steps: int, device: str) -> dict:
             "config_minutes_extrapolated": cfg.max_steps * cfg.batch_size / images_per_s / 60,
             "note": f"timed {steps} steps after {steps} warm-up steps (EMA, clipping, data order included); "
                     f"an epoch ({steps_per_epoch} steps of {cfg.batch_size}) is extrapolated, not run"}
+
+
+def _load() -> list[float] | None:
+    """1, 5 and 15-minute load averages: other processes share the CPU and slow both models alike."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def machine() -> dict:
@@ -159,8 +165,6 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     try:
         import diffusers
         info["diffusers"] = diffusers.__version__
@@ -183,24 +187,30 @@ def main(argv=None) -> None:
     p.add_argument("--trainer-config", default="configs/fashion_cpu.yaml")
     p.add_argument("--trainer-steps", type=int, default=20, help="0 skips the Trainer measurement")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_throughput.json"))
+    p.add_argument("--threads", type=int, nargs="+", default=[0],
+                   help="torch CPU threads, one run each (0: torch's default)")
     args = p.parse_args(argv)
 
-    results = {"machine": machine(), "comparisons": [], "trainer": []}
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    for dev in devices:
-        device = torch.device(dev)
-        for preset in args.presets:
-            precisions = ["fp32"] if dev == "cpu" else ["bf16"]
-            for precision in precisions:
-                batch = args.batch if dev == "cpu" else args.gpu_batch
-                r = compare(preset, batch, device, precision, args.rounds, args.steps if dev == "cpu" else 5 * args.steps)
+    results = {"machine": machine(), "command": " ".join(sys.argv), "runs": []}
+    default_threads = torch.get_num_threads()
+    for threads in args.threads:
+        torch.set_num_threads(threads or default_threads)
+        run = {"threads": torch.get_num_threads(), "load_average_at_start": _load(), "comparisons": [], "trainer": []}
+        devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+        for dev in devices:
+            device = torch.device(dev)
+            batch, steps = (args.batch, args.steps) if dev == "cpu" else (args.gpu_batch, 5 * args.steps)
+            for preset in args.presets:
+                precision = "fp32" if dev == "cpu" else "bf16"
+                r = compare(preset, batch, device, precision, args.rounds, steps)
                 print(json.dumps({k: v for k, v in r.items() if not k.endswith("all_rounds")}), flush=True)
-                results["comparisons"].append(r)
-        if args.trainer_steps:
-            t = trainer_epoch_time(REPO / args.trainer_config, args.trainer_steps, dev)
-            print(json.dumps(t), flush=True)
-            results["trainer"].append(t)
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+                run["comparisons"].append(r)
+            if args.trainer_steps:
+                t = trainer_epoch_time(REPO / args.trainer_config, args.trainer_steps, dev)
+                print(json.dumps(t), flush=True)
+                run["trainer"].append(t)
+        run["load_average_at_end"] = _load()
+        results["runs"].append(run)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")

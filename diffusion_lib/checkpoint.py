@@ -165,7 +165,7 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
 
     Returns ``(model, schedule, info)``; ``info`` has ``step``, ``prediction_type``, ``num_classes``,
     ``null_label``, ``image_shape`` (C, H, W), ``config``, ``model_config``, ``weights`` ("ema" or
-    "model") and ``path``. EMA weights are used by default (they give the better samples).
+    "model"), ``vae`` (None for pixel-space models) and ``path``. EMA weights are used by default (they give the better samples).
     """
     from .models import UNet, UNetConfig
     from .schedules import NoiseSchedule
@@ -191,6 +191,7 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
         "config": ckpt.get("config", {}),
         "model_config": ckpt["model_config"],
         "weights": which,
+        "vae": ckpt.get("vae"),  # latent diffusion: the VAE whose latents the model samples
         "path": str(path),
     }
     return model, schedule, info

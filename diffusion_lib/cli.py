@@ -101,6 +101,12 @@ def _sample(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     model, schedule, info = load_model(args.checkpoint, ema=not args.no_ema, device=device)
+    if info["vae"]:  # a latent-diffusion model: its samples are decoded by the VAE
+        try:
+            from .latent import decode_latents
+        except ImportError as e:
+            raise ValueError(f"{args.checkpoint} samples latents of the VAE {info['vae']}; decoding them "
+                             f"needs diffusion_lib.latent.decode_latents, which is not available: {e}") from e
     num_classes = info["num_classes"]
     y = None
     if num_classes is None:
@@ -128,6 +134,8 @@ def _sample(args: argparse.Namespace) -> int:
                                  y=None if y is None else y[start:start + n], device=device, progress=True,
                                  **options).cpu())
     images = torch.cat(images)
+    if info["vae"]:
+        images = decode_latents(images, info["vae"])
     one_class_per_column = num_classes is not None and args.class_label is None
     nrow = args.nrow or (num_classes if one_class_per_column else math.ceil(math.sqrt(args.n)))
     path = save_grid(images, args.out, nrow=nrow)

@@ -20,12 +20,17 @@ import yaml
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TASKS = ("diffusion", "vae", "classifier")
 
 
 @dataclass
 class TrainConfig:
     """All options of a diffusion training run (defaults: the source report's lr and weight decay)."""
 
+    # what to train: "diffusion" (the UNet), "vae" (the autoencoder of latent diffusion, `model` names a
+    # VAE preset) or "classifier" (`model: classifier`, the classifier that scores guided samples)
+    task: str = "diffusion"
+    vae_beta: float = 1e-6  # task vae: weight β of the KL term, loss = reconstruction + β·KL
     # data
     dataset: str = "fashion_mnist"
     data_root: str | None = None
@@ -65,6 +70,7 @@ class TrainConfig:
     channels_last: bool = True  # only applied on CUDA
     compile: bool = False
     num_workers: int = 0
+    num_threads: int | None = None  # torch CPU threads; None: torch's default. 1 is faster on a busy machine
     # bookkeeping
     seed: int = 0
     output_dir: str = "runs/default"
@@ -148,6 +154,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     for key in ("warmup_steps", "sample_every", "num_workers"):
         _check(getattr(c, key) >= 0, key, "an integer >= 0", getattr(c, key))
     _check(c.image_size is None or c.image_size >= 1, "image_size", "null or an integer >= 1", c.image_size)
+    _check(c.num_threads is None or c.num_threads >= 1, "num_threads", "null or an integer >= 1", c.num_threads)
     _check(math.isfinite(c.lr) and c.lr > 0, "lr", "a finite number > 0", c.lr)
     _check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay", "a finite number >= 0",
            c.weight_decay)
@@ -168,6 +175,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check(c.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}",
            c.prediction_type)
     _check(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
+    _check(c.task in TASKS, "task", f"one of {TASKS}", c.task)
+    _check(math.isfinite(c.vae_beta) and c.vae_beta >= 0, "vae_beta", "a finite number >= 0", c.vae_beta)
     _check(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
            "'auto', 'cpu' or 'cuda[:index]'", c.device)
     _check(c.sample_guidance_scale >= 0, "sample_guidance_scale", "a number >= 0", c.sample_guidance_scale)

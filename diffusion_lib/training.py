@@ -422,10 +422,13 @@ class Trainer:
             # In-memory uint8 images: index whole batches (on the GPU when training there) instead
             # of collating single items; the same values as the DataLoader path.
             images, labels = self.dataset.images, self.dataset.labels
-            if self.device.type == "cuda" and images.numel() < 2**31:
+            on_gpu = self.device.type == "cuda" and images.numel() < 2**31
+            if on_gpu:
                 images, labels = images.to(self.device), labels.to(self.device)
             for indices in self.order:
-                idx = torch.tensor(indices, device=images.device)
+                idx = torch.tensor(indices)
+                if on_gpu:  # pinned + non_blocking: the copy does not wait for the previous step's kernels
+                    idx = idx.pin_memory().to(self.device, non_blocking=True)
                 yield to_float(images[idx]), labels[idx]
         else:
             yield from torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order,
@@ -438,7 +441,13 @@ class Trainer:
         if resume:
             path = ckpt_io.latest_checkpoint(self.output_dir) if resume is True else Path(resume)
             if path is not None:
-                self.load(path)
+                try:
+                    self.load(path)
+                except ckpt_io.CheckpointError as e:
+                    earlier = [p.name for p in ckpt_io.list_checkpoints(self.output_dir) if p != path]
+                    raise ckpt_io.CheckpointError(
+                        f"{e}\nCannot resume from it. Delete it to resume from an earlier checkpoint "
+                        f"({', '.join(earlier) or 'none'}), or pass one with --resume PATH.") from e
         elif ckpt_io.list_checkpoints(self.output_dir):
             raise FileExistsError(f"{self.output_dir} already holds checkpoints of a run; resume it "
                                   f"(--resume / resume=True) or choose another output_dir")
@@ -562,10 +571,18 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
     built from the preset. Under ``torchrun`` each process trains its share of the global batch.
     """
     config = validate_config(dataclasses.replace(config))
+    threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     dist_info = init_distributed("cuda" if resolve_device(config).type == "cuda" else "cpu")
     try:
         device = resolve_device(config, dist_info)
         resolve_precision(config.precision, device)  # fail before loading data
+        if config.task != "diffusion":  # the VAE and the classifier train with the same Trainer
+            from .classifier_training import train_classifier
+            from .vae_training import train_vae
+            task = train_vae if config.task == "vae" else train_classifier
+            return task(config, resume=resume, dataset=dataset, dist_info=dist_info, device=device)
         schedule = build_schedule(config)
         info = None
         if dataset is None:
@@ -577,11 +594,15 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
             model_config = model.config
         image_shape = (model_config.in_channels, model_config.image_size, model_config.image_size)
         if dataset is None:
+            if not dist_info.is_main:
+                barrier(dist_info)  # rank 0 downloads (or encodes) first, the others then read its files
             dataset = load_dataset(config.dataset, "train", root=config.data_root,
                                    image_size=config.image_size if config.vae else model_config.image_size,
                                    **config.dataset_kwargs)
             if config.vae is not None:
                 dataset = _latent_dataset(dataset, config, device)
+            if dist_info.is_main:
+                barrier(dist_info)
             what = f"dataset {config.dataset!r}" + (" (encoded by the VAE)" if config.vae else "")
         else:
             what = "the given dataset"
@@ -592,10 +613,12 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
             model = UNet(model_config)
         null_label = model_config.num_classes
         state = {"model_config": model_config.to_dict(), "schedule": schedule.to_dict(),
-                 "prediction_type": config.prediction_type, "vae": config.vae, **(extra_state or {})}
+                 "prediction_type": config.prediction_type, "vae": config.vae,
+                 "vae_sha256": getattr(dataset, "vae_sha256", None), **(extra_state or {})}
         trainer = Trainer(config, model, dataset, diffusion_loss_fn(schedule, config, null_label),
                           extra_state=state, sample_fn=diffusion_sample_fn(schedule, config, model_config),
                           dist_info=dist_info, device=device)
         return trainer.fit(resume=resume)
     finally:
         close_distributed()
+        torch.set_num_threads(threads)

@@ -225,6 +225,38 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in ck.checkpoint_dir(out).iterdir()) == ["ckpt_00000002.pt"]  # nothing else, no temp
 
 
+def test_truncated_latest_checkpoint_blocks_resume_and_names_the_file(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, max_steps=4, checkpoint_every=2))
+    earlier, latest = ck.list_checkpoints(out)
+    earlier_bytes = earlier.read_bytes()
+    latest.write_bytes(latest.read_bytes()[:1000])  # e.g. an interrupted copy to Google Drive
+    with pytest.raises(ck.CheckpointError, match=r"ckpt_00000004\.pt.*truncated(.|\n)*ckpt_00000002\.pt"):
+        train(tiny_config(out, max_steps=6), resume=True)
+    assert earlier.read_bytes() == earlier_bytes
+    result = train(tiny_config(out, max_steps=6), resume=earlier)  # resuming from the earlier one works
+    assert result["start_step"] == 2 and result["step"] == 6
+
+
+def test_trainer_takes_any_model_and_loss(tmp_path):
+    # The generic loop (used for the VAE too): any module, any loss_fn(model, x, y, rng), extra state.
+    from diffusion_lib.training import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3), torch.nn.Linear(3, 12))
+    data = TensorDataset(torch.randn(32, 3, 2, 2), torch.zeros(32, dtype=torch.long))
+
+    def loss_fn(net, x, y, rng):
+        noisy = x + 0.1 * rng.randn_like(x)
+        return ((net(noisy) - x.flatten(1)) ** 2).mean()
+
+    trainer = Trainer(tiny_config(tmp_path / "ae", max_steps=6, checkpoint_every=3, lr=1e-2), model, data, loss_fn,
+                      extra_state={"kind": "autoencoder"})
+    result = trainer.fit()
+    state = ck.load_checkpoint(result["checkpoint"])
+    assert state["kind"] == "autoencoder" and state["step"] == 6 and result["history"][-1][1] < result["history"][0][1]
+
+
 def test_infinite_lr_is_caught(tmp_path):
     # An exploding step: after an update with a huge lr the next loss is not finite.
     with pytest.raises(NonFiniteLossError, match="step"):
@@ -242,6 +274,20 @@ def test_mixed_precision_paths_resume_exactly(tmp_path, precision):
     assert (resumed["scaler"].get("scale") is not None) == (precision == "fp16")  # a scaler only for fp16
     assert all(torch.equal(v, straight["model"][k]) for k, v in resumed["model"].items())
     assert all(torch.isfinite(v).all() for v in resumed["model"].values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
+def test_cuda_autocast_channels_last(tmp_path, precision):
+    out = tmp_path / precision
+    result = train(tiny_config(out, device="cuda", precision=precision, max_steps=3, checkpoint_every=2))
+    state = ck.load_checkpoint(result["checkpoint"])
+    assert all(torch.isfinite(v).all() for v in state["model"].values()) and "cuda" in state["rng"][0]
+    assert bool(state["scaler"]) == (precision == "fp16" or (precision == "auto" and not training._cuda_bf16_supported()))
+    resumed = train(tiny_config(out, device="cuda", precision=precision, max_steps=4), resume=True)
+    assert resumed["start_step"] == 3 and resumed["step"] == 4
+    model, _, info = ck.load_model(resumed["checkpoint"], device="cuda")
+    assert next(model.parameters()).is_cuda and info["step"] == 4
 
 
 def test_bad_inputs(tmp_path):
