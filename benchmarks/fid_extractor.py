@@ -12,7 +12,9 @@
    (94 conv + BN blocks, mapped in order, shapes checked), and torchmetrics' ``NoTrainInceptionV3``
    with and without its default anti-aliased resize.
 
-    python benchmarks/fid_extractor.py [--device cpu] [--images 64] [--no-sqrtm]
+    python benchmarks/fid_extractor.py [--device cpu] [--images 64] [--no-sqrtm] [--parts frechet ...]
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/fid_extractor.py \
+        --parts frechet --out benchmarks/results/fid_frechet_1thread.json    # one core: steadier on a busy box
 
 Results: benchmarks/results/fid_extractor.json (machine described; the load average says how busy
 the machine was, which matters on a shared 2-core box).
@@ -77,7 +79,8 @@ def frechet_timings(sqrtm: bool, d: int = 2048) -> dict:
     f2 = (g.standard_normal((2 * d, d)) @ mixing) * 1.1 + 0.05
     a = metrics.FeatureStats.from_features(torch.from_numpy(f1))
     b = metrics.FeatureStats.from_features(torch.from_numpy(f2))
-    out = {"dimension": d, "n_per_side_for_stats": 2 * d}
+    out = {"dimension": d, "n_per_side_for_stats": 2 * d, "torch_threads": torch.get_num_threads(),
+           "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
     out["eigh"], ours = timed(lambda: metrics.frechet_distance(a.mu, a.sigma, b.mu, b.sigma), 2)
     out["fid_eigh"] = ours
     small1, small2 = f1[:2000], f2[:2000]
