@@ -44,7 +44,7 @@ def test_sample_grid(conditional_run, tmp_path, capsys):
     assert "ema weights" in capsys.readouterr().out
     guided = tmp_path / "guided.png"
     assert cli.main(["sample", "--checkpoint", str(ckpt), "--sampler", "dpm_solver", "--steps", "3", "--n", "3",
-                     "--guidance-scale", "3", "--class", "2", "--nrow", "3", "--batch-size", "2", "--seed", "1",
+                     "--guidance-scale", "3", "--class", "2", "--nrow", "3", "--batch-size", "2", "--seed", "1", "--threads", "1",
                      "--out", str(guided)]) == 0
     assert Image.open(guided).size == (3 * 10 + 2, 12)
     assert cli.main(["sample", "--checkpoint", str(ckpt), "--sampler", "ddpm", "--n", "1", "--no-ema",
@@ -54,6 +54,7 @@ def test_sample_grid(conditional_run, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--class", "4"], "--class must be in [0, 3]"),
     (["--n", "0"], "--n must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_sample_bad_input(conditional_run, tmp_path, capsys, args, message):
     ckpt = ck.latest_checkpoint(conditional_run)
