@@ -83,7 +83,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     """Sample ``n`` images from ``checkpoint`` and score them against ``n_reference`` (default ``n``) images
     of the training dataset (or ``dataset``); returns the results and writes them as JSON to ``out``.
 
-    Pixel-space checkpoints only (latent models need decoding first). The reference statistics are cached.
+    Latent-diffusion samples are decoded by the checkpoint's VAE first. The reference statistics are cached.
     """
     from ..checkpoint import load_model
 
@@ -99,9 +99,6 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, schedule, info = load_model(checkpoint, ema=ema, device=device)
     config = info.get("config") or {}
-    if config.get("vae"):
-        raise ValueError(f"{checkpoint} is a latent-diffusion checkpoint (vae={config['vae']!r}); "
-                         "evaluate scores pixel-space models only")
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise ValueError(f"{checkpoint} does not name its dataset: pass dataset=")
@@ -111,6 +108,9 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     start = time.perf_counter()
     images = generate(model, schedule, info, sampler=sampler, steps=steps, n=n, batch_size=batch_size, seed=seed,
                       guidance_scale=guidance_scale, eta=eta, device=device, progress=progress)
+    if info.get("vae"):  # latent diffusion: the samples are latents of this VAE; score the decoded images
+        from ..latent import decode_latents
+        images = decode_latents(images, info["vae"], batch_size=batch_size, device=device)
     sampling_seconds = time.perf_counter() - start
     start = time.perf_counter()
     features = extract_features(images, net, batch_size=feature_batch_size, progress=progress)
@@ -121,7 +121,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     result = {
         "checkpoint": str(checkpoint), "step": info.get("step"), "weights": info.get("weights"),
         "sampler": sampler, "steps": steps, "eta": eta if sampler == "ddim" else None,
-        "guidance_scale": guidance_scale, "n": n, "seed": seed,
+        "guidance_scale": guidance_scale, "n": n, "seed": seed, "vae": info.get("vae"),
         "dataset": dataset, "split": split, "n_reference": n_reference, "extractor": net.name,
         "sampling_seconds": sampling_seconds, "images_per_second": n / sampling_seconds,
         "feature_seconds": feature_seconds,
@@ -143,7 +143,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     result["machine"] = machine_info(device)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
 
 
@@ -180,7 +180,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                             guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, ema=not args.no_ema,
                             device=None if args.device == "auto" else args.device, cache_dir=args.cache_dir,
                             out=out)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=str))
     print(f"wrote {out}")
     return 0
 
