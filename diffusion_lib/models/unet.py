@@ -211,7 +211,6 @@ class UNet(nn.Module):
             h = layer(torch.cat([h, hs.pop()], dim=1), emb) if isinstance(layer, UNetBlock) else layer(h)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
-    @torch.compiler.disable
     def _check_inputs(self, x, t, y):
         """Validate shapes and labels before any compute; returns t and y as (N,) tensors."""
         c = self.config
