@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Generate the classroom assignments from the chapters' exercises with ``otter assign``.
+
+For every chapter notebook with a raw ``# ASSIGNMENT CONFIG`` cell this writes
+
+    assignments/student/<chapter>/<chapter>.ipynb       solutions replaced by stubs, public checks
+    assignments/student/<chapter>/tests/                the public tests (also inside the notebook)
+    assignments/autograder/<chapter>/<chapter>.ipynb    the solutions, for the teacher
+    assignments/autograder/<chapter>/<chapter>-autograder.zip   all tests, for `otter run`
+
+Offline and in the smoke profile (nothing is executed: `otter assign --no-run-tests`;
+tests/test_assignments.py runs the results). Two things are set for every chapter, whatever its
+config says: the tests go to files (``tests: files: true``), which is what otter needs on Colab, and
+otter's first cell (``import otter`` above everything, no install) is replaced by ours after the
+set-up cell: on Colab it installs otter-grader without its dependencies (otter 7 asks for
+ipywidgets 8, which would replace Colab's ipywidgets 7), and everywhere it writes the tests to
+``tests/``, so the notebook alone is enough: a Colab runtime has nothing but the notebook.
+
+Usage: python scripts/make_assignments.py [--out assignments] [NOTEBOOK ...]
+       (default: every notebooks/NN_*.ipynb that has an assignment config)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from assignment_cells import assignment_config, is_config_cell
+from notebook_rules import ROOT, notebook_paths
+
+# What otter.Notebook needs on Colab besides what Colab has (pandas, nbconvert, ipywidgets, ...).
+# Pinned: what Colab lacks. Unpinned: what Colab has, installed only if missing.
+COLAB_PACKAGES = [f"{name}=={version(name)}" for name in ("otter-grader", "fica", "python-frontmatter", "ipylab")]
+COLAB_PACKAGES += ["dill", "wrapt"]
+FORCED_CONFIG = {"init_cell": True, "export_cell": False}
+INIT_MARK = "# Initialize Otter"
+INIT_CELL = '''\
+#@title The exercises' checks (otter-grader): run this cell {{ display-mode: "form" }}
+# Added by scripts/make_assignments.py. On Colab, install otter-grader without its dependencies,
+# so that Colab's own packages stay as they are; then write this assignment's public tests next
+# to the notebook (a Colab runtime has only the notebook) and start otter.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", {packages}], check=True)
+    importlib.invalidate_caches()
+
+from pathlib import Path
+
+OTTER_TESTS = {{
+{tests}
+}}
+for _name, _text in OTTER_TESTS.items():
+    _path = Path("tests", _name)
+    if not _path.is_file() or _path.read_text() != _text:
+        _path.parent.mkdir(exist_ok=True)
+        _path.write_text(_text)
+
+import otter
+
+grader = otter.Notebook(tests_dir="tests")'''
+
+
+def has_assignment(path: Path) -> bool:
+    return assignment_config(nbformat.read(path, as_version=4)) is not None
+
+
+def assignment_notebooks() -> list[Path]:
+    return [p for p in notebook_paths() if has_assignment(p)]
+
+
+def master_copy(path: Path, folder: Path) -> Path:
+    """A copy of the chapter in ``folder`` with the settings the assignments need."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if is_config_cell(c))
+    config = assignment_config(nb)
+    config.update(FORCED_CONFIG)
+    config["tests"] = {**(config.get("tests") or {}), "files": True}
+    config.setdefault("generate", True)
+    cell.source = "# ASSIGNMENT CONFIG\n" + yaml.safe_dump(config, sort_keys=False)
+    copy = folder / path.name
+    nbformat.write(nb, copy)
+    return copy
+
+
+def _literal(text: str) -> str:
+    if "'''" in text or text.endswith("\\"):
+        return repr(text)
+    return "r'''" + text + "'''"
+
+
+def init_cell(tests_dir: Path):
+    tests = "\n".join(f"    {p.name!r}: {_literal(p.read_text())}," for p in sorted(tests_dir.glob("*.py")))
+    packages = ", ".join(f'"{p}"' for p in COLAB_PACKAGES)
+    cell = nbformat.v4.new_code_cell(INIT_CELL.format(packages=packages, tests=tests))
+    cell.metadata = {"cellView": "form", "deletable": False, "editable": False, "tags": ["otter-init"]}
+    return cell
+
+
+def finish_notebook(path: Path, student: bool) -> None:
+    """Put our init cell after the set-up cell (instead of otter's, above it)."""
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and c.source.startswith(INIT_MARK))]
+    setup = next((i for i, c in enumerate(nb.cells) if "setup" in c.metadata.get("tags", [])), -1)
+    nb.cells.insert(setup + 1, init_cell(path.parent / "tests"))
+    if student:
+        nb.metadata.pop("widgets", None)  # the cpu run's widget state; the student version has no outputs
+        for cell in nb.cells:
+            tags = cell.metadata.get("tags", [])
+            if "otter_answer_cell" in tags and "hide-input" in tags:
+                tags.remove("hide-input")  # the book's toggle; the student's answer stays visible
+    nbformat.write(nb, path)
+
+
+def make_assignment(path: Path, out: Path, quiet: bool = True) -> dict[str, Path]:
+    """Generate the student and autograder versions of chapter ``path`` under ``out``."""
+    from otter.assign import main as otter_assign
+
+    chapter = path.stem
+    student, autograder = out / "student" / chapter, out / "autograder" / chapter
+    with tempfile.TemporaryDirectory() as tmp:
+        master, result = master_copy(path, Path(tmp)), Path(tmp) / "result"
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext():
+            otter_assign(str(master), str(result), no_run_tests=True, no_pdfs=True)
+        for folder in (student, autograder):
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(result / "student", student)
+        shutil.copytree(result / "autograder", autograder)
+    (zip_path,) = autograder.glob(f"{chapter}-autograder_*.zip")
+    zip_path = zip_path.rename(autograder / f"{chapter}-autograder.zip")  # no timestamp
+    finish_notebook(student / path.name, student=True)
+    finish_notebook(autograder / path.name, student=False)
+    return {"student": student / path.name, "autograder": autograder / path.name, "zip": zip_path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter with an assignment config")
+    parser.add_argument("--out", type=Path, default=ROOT / "assignments", help="default: assignments/")
+    args = parser.parse_args(argv)
+    paths = [p.resolve() for p in args.notebooks] or assignment_notebooks()
+    for path in paths:
+        if not has_assignment(path):
+            print(f"{path.name}: no '# ASSIGNMENT CONFIG' cell, skipped")
+            continue
+        made = make_assignment(path, args.out.resolve())
+        print(f"{path.stem}: {made['student'].relative_to(args.out.resolve().parent)}, "
+              f"{made['zip'].relative_to(args.out.resolve().parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Classroom assignments: generated from every chapter with exercises (scripts/make_assignments.py),
+run as a student would run them, and graded with `otter run` (scripts/grade_assignments.py).
+
+For each chapter: (a) the student notebook, unchanged, runs without an error and its public checks
+report failure at the stubs; (b) the solutions notebook gets full marks; (c) the student notebook
+with the solutions filled in and one of them deliberately wrong loses exactly that question's
+points. All runs are notebook executions in the smoke profile, two at a time (the machine has two
+cores); they run once, in the module's fixture, and each test reads its result.
+"""
+
+import ast
+import multiprocessing
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from assignment_cells import questions, tag_problems  # noqa: E402
+from grade_assignments import course_environment, grade  # noqa: E402
+from make_assignments import assignment_notebooks, make_assignment  # noqa: E402
+
+CHAPTERS = assignment_notebooks()
+CHECK = re.compile(r'^grader\.check\("([^"]+)"\)$')
+WRONG_HELPER = '''\
+def _deliberately_wrong(answer):
+    """The answer with every number in it shifted, as a slip in a formula would."""
+    import functools
+    import numbers
+
+    if hasattr(answer, "dtype") and hasattr(answer, "shape"):  # a tensor or an array
+        kind = str(answer.dtype)
+        return ~answer if "bool" in kind else answer * 1.1 + 0.1 if ("float" in kind or "complex" in kind) else answer + 1
+    if isinstance(answer, bool):
+        return not answer
+    if isinstance(answer, numbers.Integral):
+        return answer + 1
+    if isinstance(answer, numbers.Number):
+        return answer * 1.1 + 0.1
+    if isinstance(answer, (tuple, list)):
+        return type(answer)(_deliberately_wrong(a) for a in answer)
+    if isinstance(answer, dict):
+        return {k: _deliberately_wrong(v) for k, v in answer.items()}
+    if callable(answer):
+        return functools.wraps(answer)(lambda *args, **kwargs: _deliberately_wrong(answer(*args, **kwargs)))
+    return None
+
+'''
+
+
+def answer_cells(nb) -> dict[str, list[int]]:
+    """Question name -> indices of its answer cells, from the student notebook's check cells."""
+    found, pending = {}, []
+    for i, cell in enumerate(nb.cells):
+        if "otter_answer_cell" in cell.metadata.get("tags", []):
+            pending.append(i)
+        elif cell.cell_type == "code" and (match := CHECK.match(cell.source.strip())):
+            found[match.group(1)], pending = pending, []
+    return found
+
+
+def defined_names(source: str) -> list[str]:
+    """The names a cell defines at top level (functions, classes, assigned variables)."""
+    names = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def submission_with_one_wrong_answer(student: Path, solutions: Path, out: Path) -> tuple[Path, str]:
+    """The student notebook with every answer cell filled from the solutions, the first question's
+    answer made deliberately wrong (its names rebound to versions whose numbers are shifted)."""
+    nb, solved = nbformat.read(student, as_version=4), nbformat.read(solutions, as_version=4)
+    assert len(nb.cells) == len(solved.cells), "student and solutions notebooks should have the same cells"
+    answers = answer_cells(nb)
+    for cells in answers.values():
+        for i in cells:
+            nb.cells[i].source = solved.cells[i].source
+    wrong = next(q for q, cells in answers.items() if cells)
+    for i in answers[wrong]:
+        names = defined_names(nb.cells[i].source)
+        rebind = "".join(f"\n{name} = _deliberately_wrong({name})" for name in names)
+        nb.cells[i].source = WRONG_HELPER + nb.cells[i].source + "\n" + rebind
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out / student.name)
+    return out / student.name, wrong
+
+
+def run_as_student(notebook: Path, folder: Path):
+    """Execute a copy of ``notebook`` alone in ``folder`` (as on Colab: no tests/ beside it)."""
+    from nbclient import NotebookClient
+
+    folder.mkdir(parents=True)
+    nb = nbformat.read(notebook, as_version=4)
+    with course_environment("smoke"):
+        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(folder)}}).execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def assignments(tmp_path_factory):
+    """Generate every chapter's assignment, then run (a), (b) and (c) for each, two at a time."""
+    out = tmp_path_factory.mktemp("assignments")
+    made = {path.stem: make_assignment(path, out) for path in CHAPTERS}
+    futures = {}
+    # Two processes that each import otter and nbclient once; each run starts its own kernel.
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for chapter, files in made.items():
+            wrong_nb, wrong_q = submission_with_one_wrong_answer(files["student"], files["autograder"], out / "wrong" / chapter)
+            files["wrong_question"] = wrong_q
+            futures[chapter, "student"] = pool.submit(run_as_student, files["student"], out / "student_run" / chapter)
+            futures[chapter, "solutions"] = pool.submit(grade, files["autograder"], files["zip"])
+            futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, files["zip"])
+    results = {}
+    for key, future in futures.items():
+        try:
+            results[key] = future.result()
+        except Exception as error:  # noqa: BLE001  (reported by the test that reads it)
+            results[key] = error
+    return made, results
+
+
+def result(assignments, chapter, kind):
+    value = assignments[1][chapter, kind]
+    if isinstance(value, Exception):
+        pytest.fail(f"{kind} run of {chapter} failed: {value}")
+    return value
+
+
+def test_some_chapters_have_exercises():
+    assert CHAPTERS, "no notebook has an '# ASSIGNMENT CONFIG' cell"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_book_shows_exercises_but_not_grading_cells(path):
+    assert tag_problems(nbformat.read(path, as_version=4)) == []
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_student_notebook_is_set_up_for_colab(assignments, path):
+    nb = nbformat.read(assignments[0][path.stem]["student"], as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "setup" in code[0].metadata["tags"], "the course's set-up cell must stay the first code cell"
+    assert "otter-init" in code[1].metadata["tags"] and "import otter" in code[1].source
+    assert not any("import otter" in c.source for c in code[2:]), "otter is imported once, after the set-up cell"
+    assert "--no-deps" in code[1].source and "otter-grader==" in code[1].source
+    assert "# HIDDEN" not in nbformat.writes(nb), "hidden tests must not reach students"
+    names = {q.name for q in questions(nbformat.read(path, as_version=4))}
+    assert set(answer_cells(nb)) == names, "every question needs a public check (grader.check cell)"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_a_student_notebook_runs_and_its_checks_fail_at_the_stubs(assignments, path):
+    nb = result(assignments, path.stem, "student")
+    errors = [f"cell {i}: {o.ename}: {o.evalue}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert errors == [], "the student notebook must run to the end with its stubs"
+    checks = {CHECK.match(c.source.strip()).group(1): "\n".join(str(o.get("data", {}).get("text/plain", o.get("text", "")))
+                                                                for o in c.outputs)
+              for c in nb.cells if c.cell_type == "code" and CHECK.match(c.source.strip())}
+    passed = [q for q, text in checks.items() if "Test case failed" not in text or "All test cases passed" in text]
+    assert checks and passed == [], f"public checks that do not report failure at the stub: {passed}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_b_solutions_get_full_marks(assignments, path):
+    scores = result(assignments, path.stem, "solutions")
+    lost = {q: s.report for q, s in scores.items() if s.score != s.possible}
+    assert scores and not lost, "\n\n".join(lost.values())
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_c_one_wrong_answer_loses_exactly_its_points(assignments, path):
+    scores = result(assignments, path.stem, "wrong")
+    wrong = assignments[0][path.stem]["wrong_question"]
+    unexpected = {q: s.report for q, s in scores.items() if s.score != (0 if q == wrong else s.possible)}
+    assert wrong in scores and not unexpected, f"deliberately wrong: {wrong}\n" + "\n\n".join(unexpected.values())
+
+
+def test_tag_problems_finds_grading_cells_the_book_would_show():
+    def cell(kind, source, tags=()):
+        new = {"raw": nbformat.v4.new_raw_cell, "code": nbformat.v4.new_code_cell,
+               "markdown": nbformat.v4.new_markdown_cell}[kind]
+        return new(source, metadata={"tags": list(tags)})
+
+    remove = ["remove-cell"]
+    good = [
+        cell("raw", "# ASSIGNMENT CONFIG\nname: demo", remove),
+        cell("raw", "# BEGIN QUESTION\nname: q1\npoints: 1", remove),
+        cell("markdown", "**Exercise 1.** Write `f`."),
+        cell("raw", "# BEGIN SOLUTION", remove),
+        cell("code", "def f():\n    return 1  # SOLUTION", ["hide-input"]),
+        cell("raw", "# END SOLUTION", remove),
+        cell("raw", "# BEGIN TESTS", remove),
+        cell("code", "f() == 1", remove),
+        cell("code", "# HIDDEN\nf() + 1 == 2", remove),
+        cell("raw", "# END TESTS", remove),
+        cell("raw", "# END QUESTION", remove),
+    ]
+    nb = nbformat.v4.new_notebook(cells=good)
+    assert tag_problems(nb) == []
+    assert [(q.name, q.points, q.solution_cells, q.test_cells) for q in questions(nb)] == [("q1", 1, [4], [7, 8])]
+
+    good[1].metadata["tags"] = []            # a marker cell the book would show
+    good[2].metadata["tags"] = remove        # the exercise's text removed from the book
+    good[4].metadata["tags"] = []            # a solution shown without a toggle
+    good[8].metadata["tags"] = ["hide-input"]  # a hidden test behind a toggle
+    problems = "\n".join(tag_problems(nbformat.v4.new_notebook(cells=good[:-1])))
+    for expected in ("cell 1 (# BEGIN QUESTION) is a grading cell", "cell 2 is part of the exercise's text",
+                     "cell 4 is a solution cell", "cell 8 is a test cell", "unclosed otter block(s): question"):
+        assert expected in problems
