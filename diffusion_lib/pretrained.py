@@ -100,12 +100,12 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[torc
 _FASHION = dict(dataset="fashion_mnist", model="fashion_small", schedule="linear", num_timesteps=1000,
                 beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", weight_decay=1e-4, grad_clip=1.0,
                 seed=0, sample_every=0, tensorboard=False)
-# Smoke: a tiny UNet on 16x16 synthetic shapes, seconds on one core; T stays 1000 so that schedule
-# values and timestep arrays are the same in every profile.
+# Smoke: a tiny UNet on 16x16 synthetic shapes, seconds on one core. T = 100 (linear beta scaled by
+# 10, so that alpha_bar_T is as small as with T = 1000): ancestral sampling costs 100 network calls.
 _SMOKE = dict(dataset="shapes", dataset_kwargs={"num_samples": 256}, image_size=16, model="cifar_small",
               model_overrides={"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
                                "attention_levels": [1], "num_groups": 8, "dropout": 0.0},
-              schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02, batch_size=16, lr=2e-3,
+              schedule="linear", num_timesteps=100, beta_start=1e-3, beta_end=0.2, batch_size=16, lr=2e-3,
               warmup_steps=2, ema_decay=0.9, max_steps=30, device="cpu", num_threads=1, seed=0,
               sample_every=0, tensorboard=False, log_every=2)
 # cpu: minutes on 2 shared cores. fashion_small at half width without its dropout (a short run does
@@ -116,18 +116,19 @@ _NOTEBOOK_CONFIGS: dict[str, dict[str, dict]] = {
     "fashion_ddpm_linear": {
         "smoke": _SMOKE,
         "cpu": {**_FASHION, "model_overrides": _CPU_MODEL, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50,
-                "ema_decay": 0.995, "max_steps": 300, "device": "cpu", "num_threads": 1, "log_every": 10},
+                "ema_decay": 0.995, "max_steps": 250, "device": "cpu", "num_threads": 1, "log_every": 10},
         # the full fashion_small (configs/fashion_cpu.yaml) for as many steps as fit in minutes on a T4
         "gpu": {**_FASHION, "batch_size": 128, "lr": 5e-4, "warmup_steps": 200, "ema_decay": 0.999,
                 "max_steps": 6000, "log_every": 50},
     },
-    # Ho et al.'s CIFAR-10 recipe (configs/ddpm_cifar10.yaml), shortened to fit a Colab session;
-    # resumable across sessions when output_dir is on Google Drive.
+    # Ho et al.'s CIFAR-10 recipe (configs/ddpm_cifar10.yaml), shortened to fit a Colab session
+    # (about 15 minutes on a T4, estimated from the network's size, not measured); resumable across
+    # sessions when output_dir is on Google Drive.
     "cifar10_ddpm": {
         "gpu": dict(dataset="cifar10", image_size=32, hflip=True, model="ddpm_cifar10", schedule="linear",
                     num_timesteps=1000, beta_start=1e-4, beta_end=0.02, prediction_type="epsilon",
-                    batch_size=128, lr=2e-4, weight_decay=0.0, warmup_steps=1000, grad_clip=1.0,
-                    ema_decay=0.9995, max_steps=5000, num_workers=2, seed=0, sample_every=0,
+                    batch_size=128, lr=2e-4, weight_decay=0.0, warmup_steps=500, grad_clip=1.0,
+                    ema_decay=0.9995, max_steps=3000, num_workers=2, seed=0, sample_every=0,
                     tensorboard=False, log_every=50),
     },
 }

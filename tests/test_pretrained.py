@@ -9,7 +9,7 @@ import pytest
 import torch
 from _train_utils import one_thread, tiny_config
 
-from diffusion_lib import pretrained
+from diffusion_lib import NoiseSchedule, pretrained
 from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_lib.training import train
 
@@ -122,7 +122,9 @@ def test_notebook_configs_are_valid():
     for name, profiles in pretrained._NOTEBOOK_CONFIGS.items():
         for profile in profiles:
             config = pretrained.notebook_config(name, profile)
-            assert config.num_timesteps == 1000  # schedule values agree between profiles
+            schedule = NoiseSchedule.from_name(config.schedule, config.num_timesteps,
+                                               beta_start=config.beta_start, beta_end=config.beta_end)
+            assert schedule.alpha_bar[-1] < 1e-3  # x_T is (almost) pure noise
     assert pretrained.notebook_config("fashion_ddpm_linear", "cpu", max_steps=7).max_steps == 7
     with pytest.raises(ValueError, match="cifar10_ddpm.*gpu"):
         pretrained.notebook_config("cifar10_ddpm", "cpu")
