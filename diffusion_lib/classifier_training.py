@@ -102,11 +102,14 @@ def train_classifier(config: TrainConfig, *, resume=False, dataset=None, dist_in
     result = trainer.fit(resume=resume)
     if not dist_info.is_main or result["checkpoint"] is None or info is None:
         return result
+    out = Path(config.output_dir) / "classifier.pt"
+    if result["start_step"] == result["step"] and out.is_file():  # a finished run, reused: nothing new
+        return {**result, "test_accuracy": ckpt_io.load_checkpoint(out)["test_accuracy"], "classifier": str(out)}
     test = load_dataset(config.dataset, "test", root=config.data_root, image_size=model_config.image_size,
                         **config.dataset_kwargs)
     accuracy = dataset_accuracy(load_classifier(result["checkpoint"], device=trainer.device), test)
     state = ckpt_io.load_checkpoint(result["checkpoint"])
-    out = ckpt_io.save_checkpoint(Path(config.output_dir) / "classifier.pt", {
+    ckpt_io.save_checkpoint(out, {
         "kind": "classifier", "classifier_config": state["classifier_config"], "ema": state["ema"],
         "step": state["step"], "config": state["config"], "test_accuracy": accuracy,
         "test_images": len(test), "torch_version": str(torch.__version__)})

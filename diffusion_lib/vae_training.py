@@ -160,6 +160,10 @@ def train_vae(config: TrainConfig, *, resume=False, dataset=None, dist_info=None
     if not dist_info.is_main or result["checkpoint"] is None:
         return result
 
+    out = Path(config.output_dir) / "vae.pt"
+    if result["start_step"] == result["step"] and out.is_file():  # a finished run, reused: nothing new
+        state = ckpt_io.load_checkpoint(out)
+        return {**result, "latent_scale": state["latent_scale"], "vae": str(out), "report": state["report"]}
     final = Path(result["checkpoint"])
     scale = store_latent_scale(final, dataset, device=trainer.device)
     from .latent import load_vae
@@ -170,6 +174,6 @@ def train_vae(config: TrainConfig, *, resume=False, dataset=None, dist_info=None
                             **config.dataset_kwargs)
         report = vae_report(load_vae(final, device=trainer.device), _images(test, TEST_IMAGES))
     report["latent_scale"] = scale
-    out = export_vae(final, Path(config.output_dir) / "vae.pt", report=report)
+    export_vae(final, out, report=report)
     return {**result, "latent_scale": scale, "vae": str(out), "report": report}
 
