@@ -2,7 +2,7 @@
 PYTHON ?= python3
 NB ?= notebooks/[0-9]*.ipynb
 
-.PHONY: install book test notebooks colab-check clean
+.PHONY: install book test notebooks assignments colab-check clean
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -24,6 +24,11 @@ test: install
 notebooks: install
 	$(PYTHON) scripts/sync_first_cell.py $(NB)
 	$(PYTHON) scripts/execute_notebooks.py --profile cpu $(NB)
+
+# Student notebooks and autograders from every chapter's exercises (otter assign; offline, runs
+# nothing): assignments/student/<chapter>/, assignments/autograder/<chapter>/ (see book/teachers.md).
+assignments: install
+	$(PYTHON) scripts/make_assignments.py
 
 # Colab compatibility (not in CI): Python 3.13 venv with Colab's versions, the notebooks' own
 # install cell, then the smoke notebooks.

@@ -28,19 +28,32 @@ import io
 import shutil
 import sys
 import tempfile
-from importlib.metadata import version
+from importlib.metadata import requires, version
 from pathlib import Path
 
 import nbformat
 import yaml
+from packaging.requirements import Requirement
 
 from assignment_cells import assignment_config, is_config_cell
 from notebook_rules import ROOT, notebook_paths
 
-# What otter.Notebook needs on Colab besides what Colab has (pandas, nbconvert, ipywidgets, ...).
-# Pinned: what Colab lacks. Unpinned: what Colab has, installed only if missing.
+
+
+def otter_requirement(name: str) -> str:
+    """otter-grader's own requirement on ``name``, e.g. 'wrapt<2.0.0,>=1.16.0'."""
+    for line in requires("otter-grader"):
+        requirement = Requirement(line)
+        if requirement.name == name and requirement.marker is None:
+            return f"{name}{requirement.specifier}"
+    raise LookupError(f"otter-grader does not require {name}")
+
+
+# What `import otter` needs on Colab besides what Colab has (pandas, nbconvert, ipywidgets 7, ...),
+# installed with --no-deps. Pinned to the versions here: what Colab lacks. Otter's own ranges: what
+# Colab has, so pip leaves Colab's copy alone.
 COLAB_PACKAGES = [f"{name}=={version(name)}" for name in ("otter-grader", "fica", "python-frontmatter", "ipylab")]
-COLAB_PACKAGES += ["dill", "wrapt"]
+COLAB_PACKAGES += [otter_requirement(name) for name in ("dill", "wrapt")]
 FORCED_CONFIG = {"init_cell": True, "export_cell": False}
 INIT_MARK = "# Initialize Otter"
 INIT_CELL = '''\

@@ -6,6 +6,8 @@
 - It is committed executed in the cpu profile: no errors, every code cell run, under 3 MB.
 - nbval (smoke profile) compares every output against those cpu outputs, so a cell whose output
   depends on the profile or the run starts with ``# NBVAL_IGNORE_OUTPUT`` (or ``# NBVAL_SKIP``).
+- Exercises (otter-grader's format): the book shows their text and, behind a toggle, their
+  solutions, never the grading cells (``assignment_cells.tag_problems``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import re
 from pathlib import Path
 
 import nbformat
+
+from assignment_cells import tag_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -112,4 +116,4 @@ def check_notebook(path: Path) -> list[str]:
                     break
     if compared == 0:
         problems.append("no cell's output is compared by nbval; keep some deterministic cells unmarked")
-    return problems
+    return problems + [f"exercises: {problem}" for problem in tag_problems(nb)]

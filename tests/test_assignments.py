@@ -10,7 +10,9 @@ cores); they run once, in the module's fixture, and each test reads its result.
 
 import ast
 import multiprocessing
+import os
 import re
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -87,6 +89,7 @@ def submission_with_one_wrong_answer(student: Path, solutions: Path, out: Path) 
     wrong = next(q for q, cells in answers.items() if cells)
     for i in answers[wrong]:
         names = defined_names(nb.cells[i].source)
+        assert names, f"cannot make {wrong} wrong automatically: its answer cell {i} defines no name"
         rebind = "".join(f"\n{name} = _deliberately_wrong({name})" for name in names)
         nb.cells[i].source = WRONG_HELPER + nb.cells[i].source + "\n" + rebind
     out.mkdir(parents=True, exist_ok=True)
@@ -107,20 +110,33 @@ def run_as_student(notebook: Path, folder: Path):
 
 
 @pytest.fixture(scope="module")
-def assignments(tmp_path_factory):
-    """Generate every chapter's assignment, then run (a), (b) and (c) for each, two at a time."""
+def generated(tmp_path_factory):
+    """Every chapter's assignment files (seconds: nothing is executed)."""
     out = tmp_path_factory.mktemp("assignments")
-    made = {path.stem: make_assignment(path, out) for path in CHAPTERS}
-    futures = {}
-    # Two processes that each import otter and nbclient once; each run starts its own kernel.
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    return out, {path.stem: make_assignment(path, out) for path in CHAPTERS}
+
+
+@pytest.fixture(scope="module")
+def assignments(generated):
+    """Run (a), (b) and (c) for every chapter, two at a time."""
+    out, made = generated
+    futures, results = {}, {}
+    # Two processes that each import otter and nbclient once; each run starts its own kernel, with
+    # one thread (two kernels with two threads each on two cores waste time waiting for each other).
+    threads = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    with pytest.MonkeyPatch.context() as patch, \
+            ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for name, value in threads.items():
+            patch.setenv(name, value)
         for chapter, files in made.items():
-            wrong_nb, wrong_q = submission_with_one_wrong_answer(files["student"], files["autograder"], out / "wrong" / chapter)
-            files["wrong_question"] = wrong_q
             futures[chapter, "student"] = pool.submit(run_as_student, files["student"], out / "student_run" / chapter)
             futures[chapter, "solutions"] = pool.submit(grade, files["autograder"], files["zip"])
-            futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, files["zip"])
-    results = {}
+            try:
+                wrong_nb, files["wrong_question"] = submission_with_one_wrong_answer(
+                    files["student"], files["autograder"], out / "wrong" / chapter)
+                futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, files["zip"])
+            except Exception as error:  # noqa: BLE001  (reported by the test that reads it)
+                results[chapter, "wrong"] = error
     for key, future in futures.items():
         try:
             results[key] = future.result()
@@ -146,8 +162,8 @@ def test_book_shows_exercises_but_not_grading_cells(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
-def test_student_notebook_is_set_up_for_colab(assignments, path):
-    nb = nbformat.read(assignments[0][path.stem]["student"], as_version=4)
+def test_student_notebook_is_set_up_for_colab(generated, path):
+    nb = nbformat.read(generated[1][path.stem]["student"], as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "setup" in code[0].metadata["tags"], "the course's set-up cell must stay the first code cell"
     assert "otter-init" in code[1].metadata["tags"] and "import otter" in code[1].source
@@ -184,6 +200,49 @@ def test_c_one_wrong_answer_loses_exactly_its_points(assignments, path):
     wrong = assignments[0][path.stem]["wrong_question"]
     unexpected = {q: s.report for q, s in scores.items() if s.score != (0 if q == wrong else s.possible)}
     assert wrong in scores and not unexpected, f"deliberately wrong: {wrong}\n" + "\n\n".join(unexpected.values())
+
+
+COLAB_SHELL = """
+from IPython.core.interactiveshell import InteractiveShell
+
+
+class Shell(InteractiveShell):
+    \"\"\"Stands in for Colab's shell: otter recognises Colab by the shell's module.\"\"\"
+"""
+ON_COLAB = """
+import subprocess, sys
+import google.colab
+from google.colab._shell import Shell
+
+pip = []
+subprocess.run = lambda args, **kwargs: pip.append(args)  # installing is Colab's part, not this test's
+shell = Shell.instance()
+shell.run_cell(open("init_cell.py").read()).raise_error()
+print("pip:", *pip[0][3:])
+print("interpreter:", shell.ev("grader.interpreter"))
+print(shell.ev("grader.check(%r)"))
+"""
+
+
+def test_init_cell_on_colab(generated, tmp_path):
+    """The student notebook's otter cell as Colab runs it: alone (no tests/ beside it), in Colab's
+    shell, which otter recognises; the install leaves Colab's packages alone (--no-deps)."""
+    chapter = CHAPTERS[0].stem
+    student = nbformat.read(generated[1][chapter]["student"], as_version=4)
+    (tmp_path / "init_cell.py").write_text(next(c.source for c in student.cells if "otter-init" in c.metadata.get("tags", [])))
+    (tmp_path / "google" / "colab").mkdir(parents=True)
+    (tmp_path / "google" / "__init__.py").write_text("")
+    (tmp_path / "google" / "colab" / "__init__.py").write_text("")
+    (tmp_path / "google" / "colab" / "_shell.py").write_text(COLAB_SHELL)
+    question = next(iter(answer_cells(student)))
+    run = subprocess.run([sys.executable, "-c", ON_COLAB % question], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert run.returncode == 0, run.stderr
+    assert "pip: install -q --no-deps otter-grader==" in run.stdout
+    assert "interpreter: IPythonInterpreter.COLAB" in run.stdout
+    assert "Test case failed" in run.stdout  # nothing is defined: the check runs and fails, without an error
+    tests = generated[1][chapter]["student"].parent / "tests"
+    assert {p.name: p.read_text() for p in (tmp_path / "tests").glob("*.py")} == {p.name: p.read_text() for p in tests.glob("*.py")}
 
 
 def test_tag_problems_finds_grading_cells_the_book_would_show():
