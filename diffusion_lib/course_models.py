@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .config import TrainConfig, validate_config
+from .data import dataset_info
 from .pretrained import find_checkpoint, run_dir
 from .profiles import check_profile
 
@@ -64,23 +65,29 @@ def latent_config(profile: str, vae: str | Path, *, class_conditional: bool = Fa
     ``latent_shape`` (C, h, w): the VAE's latents; the UNet's in_channels and image_size follow it.
     """
     profile = check_profile(profile)
-    shape = {} if latent_shape is None else {"in_channels": int(latent_shape[0]), "image_size": int(latent_shape[1])}
+    derived = {}  # UNet fields that follow from the VAE and the data
+    if latent_shape is not None:
+        derived.update(in_channels=int(latent_shape[0]), image_size=int(latent_shape[1]))
     cond = dict(class_conditional=class_conditional, p_uncond=0.1)
+    if class_conditional:  # the preset's 10 classes are Fashion-MNIST's; take the data set's
+        name = {"smoke": "shapes", "cpu": "fashion_mnist"}.get(profile, dataset or "cifar10")
+        derived["num_classes"] = dataset_info(name).num_classes
+    vae = str(vae) if vae is not None else None  # None: latents passed to the trainer as a dataset
     linear = dict(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02, prediction_type="epsilon")
     if profile == "smoke":
-        fields = dict(_SMOKE_DATA, model="latent_small", vae=str(vae), schedule="linear", num_timesteps=100,
+        fields = dict(_SMOKE_DATA, model="latent_small", vae=vae, schedule="linear", num_timesteps=100,
                       beta_start=1e-3, beta_end=0.2, lr=2e-3, warmup_steps=2, ema_decay=0.9, max_steps=30,
                       model_overrides={"in_channels": 2, "image_size": 8, "base_channels": 16, "num_res_blocks": 1,
-                                       "num_groups": 8, "dropout": 0.0, **shape})
+                                       "num_groups": 8, "dropout": 0.0, **derived})
     elif profile == "cpu":  # configs/fashion_latent(_cfg).yaml, shortened
-        fields = dict(linear, dataset="fashion_mnist", model="latent_small", vae=str(vae), batch_size=64, lr=1e-3,
+        fields = dict(linear, dataset="fashion_mnist", model="latent_small", vae=vae, batch_size=64, lr=1e-3,
                       warmup_steps=50, ema_decay=0.995, max_steps=400, num_threads=1, device="cpu", log_every=10,
-                      model_overrides={"dropout": 0.0, **shape})
+                      model_overrides={"dropout": 0.0, **derived})
     else:
-        fields = dict(linear, dataset=dataset or "cifar10", model="latent_small", vae=str(vae), batch_size=256,
+        fields = dict(linear, dataset=dataset or "cifar10", model="latent_small", vae=vae, batch_size=256,
                       lr=5e-4, warmup_steps=200, ema_decay=0.999, max_steps=10_000, log_every=100,
                       image_size=128 if dataset == "imagenet100" else None,
-                      model_overrides={"channel_mult": [1, 2, 2], **shape})
+                      model_overrides={"channel_mult": [1, 2, 2], **derived})
     return validate_config(TrainConfig(**{**_COMMON, "grad_clip": 1.0, **fields, **cond}))
 
 

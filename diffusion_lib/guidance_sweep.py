@@ -80,7 +80,8 @@ def sample_classes(model, schedule, labels: torch.Tensor, *, guidance_scale: flo
 
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be a 1-D tensor of integer class labels, got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(f"labels must be a 1-D tensor of integer class labels, got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
     classes = _num_classes(model)
     if classes is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise ValueError(f"labels must be in [0, {classes - 1}], the model's classes (the null label {null_label} "
@@ -135,7 +136,12 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
         fid_scales, fid_reference, fid_extractor: FID of that scale's samples against
             ``fid_reference`` (FeatureStats, FeatureSet or images), e.g. FID-2k at s = 0, 1, 3.
     """
-    from .metrics import class_accuracy, classifier_features, fid, within_class_diversity
+    from .metrics import (
+        class_accuracy,
+        classifier_features,
+        fid,
+        within_class_diversity,
+    )
 
     scales = _check_scales(scales)
     fid_scales = _check_scales(fid_scales) if fid_scales else []

@@ -5,7 +5,7 @@ mean of its posterior, times the latent scale (1 / std of the training latents, 
 Diffusion's VAE), once; the UNet trains on those latents; samples are latents, which the decoder
 turns into images:
 
-    x0 ──encode, × latent_scale──▶ z0 ──diffusion (train / sample)──▶ z0 ──÷ latent_scale, decode──▶ x0
+    x0 ──encode, × scale──▶ z0 ──diffusion (train / sample)──▶ z0 ──÷ scale, decode──▶ x0
 
 :func:`encode_dataset` caches the latents of a dataset in one file keyed by the VAE file's sha256 and
 a fingerprint of the images, so a second run (or the notebook after the command line) reads them
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -250,8 +251,8 @@ def encode_dataset(dataset, vae, *, device: str | torch.device | None = None, ba
                     and cached.get("dataset_fingerprint") == fingerprint):
                 return LatentDataset(cached["latents"], cached["labels"], latent_scale=cached["latent_scale"],
                                      vae_sha256=sha, class_names=class_names)
-        except Exception:  # a damaged cache file is recomputed and replaced
-            pass
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+            pass  # a damaged cache file is recomputed and replaced below
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     latents, labels = [], []
     with tqdm(total=len(dataset), unit="img", desc="encode", disable=not progress) as bar:
@@ -352,7 +353,8 @@ class StableDiffusionVAE(nn.Module):
         cfg = autoencoder.config
         self.downsampling_factor = 2 ** (len(cfg.block_out_channels) - 1)
         if image_size % self.downsampling_factor:
-            raise ValueError(f"image_size={image_size} must be a multiple of the VAE's factor {self.downsampling_factor}")
+            raise ValueError(f"image_size={image_size} must be a multiple of the VAE's downsampling factor "
+                             f"{self.downsampling_factor}")
         self.image_size = image_size
         self.in_channels = cfg.in_channels
         self.register_buffer("latent_scale", torch.tensor(float(cfg.scaling_factor)))

@@ -7,11 +7,22 @@ import pytest
 import torch
 from analytic_gaussian import assert_moments, eps_affine, one_thread  # noqa: F401 (fixture)
 
-from diffusion_lib import NoiseSchedule, classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps
+from diffusion_lib import (
+    NoiseSchedule,
+    classifier_free_guidance,
+    ddim_sample,
+    ddpm_sample,
+    make_timesteps,
+)
 from diffusion_lib.analytic import GaussianDenoiser, MixtureDenoiser
 from diffusion_lib.config import load_config
 from diffusion_lib.data_order import StepRandom
-from diffusion_lib.guidance_sweep import GuidanceSweepResult, guidance_sweep, plot_guidance_sweep, sample_classes
+from diffusion_lib.guidance_sweep import (
+    GuidanceSweepResult,
+    guidance_sweep,
+    plot_guidance_sweep,
+    sample_classes,
+)
 from diffusion_lib.models import UNet, UNetConfig
 from diffusion_lib.training import diffusion_loss_fn
 
@@ -45,8 +56,8 @@ def guided_eps(ab: float, s: float) -> tuple[float, float]:
 
 
 def guided_ddim_moments(schedule, timesteps, s, eta):
-    """Exact (mean, var) of DDIM (Song et al. 2021, eqs. 12 and 16) driven by the guided ε̃, from x_T ~ N(0, 1),
-    in float64: x̂0 = (x − √(1−ᾱ_t) ε̃)/√ᾱ_t, x_prev = √ᾱ_prev x̂0 + √(1 − ᾱ_prev − σ²) ε̃ + σ z."""
+    """Exact (mean, var) of DDIM (Song et al. 2021, eqs. 12 and 16) driven by the guided ε̃, from
+    x_T ~ N(0, 1), in float64: x̂0 = (x − √(1−ᾱ_t) ε̃)/√ᾱ_t, x_prev = √ᾱ_prev x̂0 + √(1 − ᾱ_prev − σ²) ε̃ + σ z."""
     ab = schedule.alpha_bar.tolist()
     ts = timesteps.tolist()
     m, v = 0.0, 1.0

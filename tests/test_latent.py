@@ -13,9 +13,18 @@ from diffusion_lib import NoiseSchedule, cli, train_step
 from diffusion_lib import checkpoint as ck
 from diffusion_lib.config import ConfigError, load_config
 from diffusion_lib.data import load_dataset
-from diffusion_lib.latent import (LatentDataset, StableDiffusionVAE, check_latent_shape, decode_latents,
-                                  encode_dataset, file_sha256, latent_unet_config, load_sd_vae, load_vae,
-                                  reconstruction_psnr)
+from diffusion_lib.latent import (
+    LatentDataset,
+    StableDiffusionVAE,
+    check_latent_shape,
+    decode_latents,
+    encode_dataset,
+    file_sha256,
+    latent_unet_config,
+    load_sd_vae,
+    load_vae,
+    reconstruction_psnr,
+)
 from diffusion_lib.models import UNet
 from diffusion_lib.training import diffusion_loss, train
 
