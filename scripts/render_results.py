@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""Write the book's results page from the benchmarks' JSON files.
+
+    python scripts/render_results.py        # reads benchmarks/results/*.json
+
+writes ``book/results.md`` (tables, the machine and date of every measurement, the commands that
+reproduce it) and its figures under ``book/_static/results/``. Run it after any benchmark and commit
+the three together; the page is generated, so edit this script, not the page. A benchmark whose file
+is absent gets the command that makes it instead of a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = "_static/results"  # relative to the page's folder
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def num(x, digits: int = 2, scale: float = 1.0) -> str:
+    return "–" if x is None else f"{x * scale:,.{digits}f}"
+
+
+def machine_line(m: dict | None) -> str:
+    """One line naming the machine, torch and date of a measurement."""
+    if not m:
+        return "machine not recorded"
+    device = m.get("device_name") or m.get("cpu") or m.get("cpu_model") or "unknown device"
+    parts = [f"{m.get('device', 'cpu')}: {device}"]
+    threads = m.get("cpu_threads", m.get("torch_threads"))
+    if threads is not None:
+        parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
+    cores = m.get("cpu_count", m.get("cores"))
+    if cores:
+        parts.append(f"{cores} cores")
+    load = m.get("load_average") or m.get("load_average_at_start") or m.get("load_average_before")
+    if load:
+        parts.append(f"load average {load[0]:.1f}")
+    parts.append(f"torch {m.get('torch', '?')}")
+    if m.get("date"):
+        parts.append(m["date"][:16].replace("T", " ") + " UTC")
+    return ", ".join(parts)
+
+
+def not_run(command: str) -> str:
+    return f"Not measured yet. Run\n\n```bash\n{command}\n```\n\nthen `python scripts/render_results.py`.\n"
+
+
+class Page:
+    def __init__(self, results: Path, out_dir: Path):
+        self.results, self.out_dir = results, out_dir
+        self.figures = out_dir / FIGURES
+        self.sections: list[str] = []
+
+    def load(self, name: str) -> dict | None:
+        path = self.results / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def figure(self, fig, name: str, caption: str) -> str:
+        import matplotlib.pyplot as plt
+
+        self.figures.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.figures / name, dpi=90, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        return f"```{{figure}} {FIGURES}/{name}\n:width: 90%\n\n{caption}\n```\n"
+
+
+# ------------------------------------------------------------------------------------------ sections
+def efficiency(page: Page) -> str:
+    out = ["## Fast sampling: model calls, time, memory and quality\n",
+           "One trained model, DDPM with all T steps against DDIM and DPM-Solver++(2M) with fewer model "
+           "calls ([chapter 10](../notebooks/10_fast_sampling.ipynb)).\n"]
+    data = page.load("efficiency.json")
+    if not data or not (data.get("timing", {}).get("arms") or data.get("quality", {}).get("arms")):
+        return "\n".join(out) + "\n" + not_run("python benchmarks/efficiency.py --pretrained fashion_ddpm_linear")
+    model = data.get("model", {})
+    out.append(f"Model: `{model.get('checkpoint')}` ({model.get('parameters', 0):,} parameters, "
+               f"{model.get('schedule')} schedule, T = {model.get('num_timesteps')}, "
+               f"step {model.get('step')}, sha256 `{str(model.get('sha256'))[:12]}`).\n")
+    timing, quality = data.get("timing", {}).get("arms", {}), data.get("quality", {}).get("arms", {})
+    arms = list(dict.fromkeys([*timing, *quality]))
+    arms.sort(key=lambda a: -(timing.get(a) or quality.get(a))["nfe"])
+    rows = []
+    for a in arms:
+        t, q = timing.get(a), quality.get(a) or {}
+        base = t and (t["baseline"].get("cuda_allocated_mib") or t["baseline"].get("rss_mib"))
+        peak = t and (t["peak"].get("cuda_max_allocated_mib") or t["peak"].get("rss_mib"))
+        kid, fid = q.get("kid"), q.get("fid")
+        rows.append([a, (t or q)["nfe"], t and t["model_calls"], num(t and t["seconds_per_image"], 3),
+                     num(t and t["ms_per_model_call"], 1), num(peak, 0), num(base, 0),
+                     f"{num(kid['value'], 2, 1000)} ± {num(kid['std'], 2, 1000)}" if kid else "–",
+                     num(fid and fid["value"], 2)])
+    mem = "CUDA max allocated" if any("cuda_max_allocated_mib" in t["peak"] for t in timing.values()) else "peak RSS"
+    kid_label = next((f"KID-{q['kid']['n']} ×1000" for q in quality.values() if q.get("kid")), "KID ×1000")
+    fid_label = next((q["fid"]["label"] for q in quality.values() if q.get("fid")), "FID")
+    batch = next((t["batch"] for t in timing.values()), "?")
+    out.append(table(["arm", "NFE", "model calls (counted)", f"s / image (batch {batch})", "ms / call",
+                      f"{mem} (MiB)", "baseline (MiB)", kid_label, fid_label], rows))
+    ref = data.get("quality", {}).get("reference", {})
+    out.append(f"\nMemory: the peak of a fresh process per arm; baseline: the same process after loading the "
+               f"model, before any forward pass. Quality against {ref.get('dataset')} {ref.get('split')} "
+               f"({ref.get('kid_n')} images for KID, {ref.get('fid_n')} for FID statistics), extractor "
+               f"`{ref.get('extractor')}`; KID on every arm's first samples, FID where enough samples were drawn.\n")
+    claims = data.get("timing", {}).get("claims")
+    if claims:
+        change = claims["peak_memory_change"]
+        ddim = claims.get("ddim_arm", "DDIM-250")
+        out.append(f"**The source report's claims.** DDPM makes {claims['model_call_ratio']:.1f}× as many model calls "
+                   f"as {ddim} and took {claims['wall_time_ratio']:.2f}× the wall time ({claims['cpu_time_ratio']:.2f}× "
+                   f"the CPU time): \"DDIM-250 is 4× faster than DDPM-1000\" is the ratio of model calls. Peak memory "
+                   f"({claims['memory_measure']}) at batch {claims['batch']}: {claims['peak_memory_mib']['ddpm']:,.0f} MiB "
+                   f"(DDPM) and {claims['peak_memory_mib']['ddim']:,.0f} MiB ({ddim}), a change of {100 * change:+.1f} %"
+                   + (", not the ~30 % saving the report claims: both samplers hold the same tensors (x_t, one "
+                      "prediction, the network's activations for one call)." if abs(change) < 0.1 else ".") + "\n")
+    out.append("Measured on: " + machines_line([v.get("machine") for v in [*timing.values(), *quality.values()]])
+               + ".\n")
+    out.append(page_figure_efficiency(page, timing, quality))
+    out.append("Commands: " + ", ".join(f"`{c}`" for c in dict.fromkeys(data.get("commands", []))) + ".\n")
+    return "\n".join(out)
+
+
+def log_ticks(ax, xticks, y: bool = False) -> None:
+    """Log x axis (and y) with plain-number labels at the given ticks."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.set_xticks(xticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def machines_line(machines: list[dict]) -> str:
+    """The distinct machines of many measurements, with the span of dates and load averages."""
+    groups: dict[str, list[dict]] = {}
+    for m in machines:
+        if m:
+            groups.setdefault(machine_line({k: v for k, v in m.items() if k not in ("date", "load_average")}),
+                              []).append(m)
+    parts = []
+    for line, ms in groups.items():
+        dates = sorted(m["date"][:16].replace("T", " ") for m in ms if m.get("date"))
+        loads = [m["load_average"][0] for m in ms if m.get("load_average")]
+        extra = []
+        if dates:
+            extra.append(dates[0] + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + " UTC")
+        if loads:
+            extra.append(f"load average {min(loads):.1f}" + (f"–{max(loads):.1f}" if max(loads) > min(loads) else ""))
+        parts.append(line + (" (" + ", ".join(extra) + ")" if extra else ""))
+    return "; ".join(parts) if parts else "machine not recorded"
+
+
+def page_figure_efficiency(page: Page, timing: dict, quality: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("time", "kid", "fid") if (timing if p == "time" else
+                                                       [q for q in quality.values() if q.get(p)])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    if not panels:
+        return ""
+    colours = {"ddpm": "C3", "ddim": "C0", "dpm_solver": "C2"}
+    labels = {"ddpm": "DDPM", "ddim": "DDIM", "dpm_solver": "DPM-Solver++(2M)"}
+    for ax, panel in zip(axes[0], panels):
+        for sampler, colour in colours.items():
+            if panel == "time":
+                pts = sorted((t["nfe"], t["seconds_per_image"]) for t in timing.values() if t["sampler"] == sampler)
+                ax.set_ylabel("seconds per image")
+            else:
+                pts = sorted((q["nfe"], q[panel]["value"] * (1000 if panel == "kid" else 1))
+                             for q in quality.values() if q["sampler"] == sampler and q.get(panel))
+                ax.set_ylabel(f"{panel.upper()}{' ×1000' if panel == 'kid' else ''} (lower is better)")
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=colour, label=labels[sampler])
+        log_ticks(ax, sorted({a["nfe"] for a in [*timing.values(), *quality.values()]}), y=panel == "time")
+        ax.set_xlabel("model calls (NFE)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return page.figure(fig, "efficiency.png", "Time per image and sample quality against the number of model calls.")
+
+
+def schedule_comparison(page: Page) -> str:
+    out = ["## Linear against cosine noise schedule\n",
+           "Two training runs that differ only in the noise schedule (same UNet, data order, seed, batch, "
+           "learning rate and steps); every checkpoint's EMA model samples the same noise with DDIM-50.\n"]
+    files = sorted(page.results.glob("schedule_comparison*.json"))
+    runs = [(f, json.loads(f.read_text())) for f in files]
+    runs = [(f, d) for f, d in runs if any(r.get("points") for r in d.get("runs", {}).values())]
+    if not runs:
+        return "\n".join(out) + "\n" + not_run("python benchmarks/schedule_comparison.py --size small   "
+                                               "# CPU; --size full --metric fid on a GPU")
+    import matplotlib.pyplot as plt
+
+    for path, data in runs:
+        ev = data.get("evaluation", {})
+        metric = ev.get("metric", "kid")
+        out.append(f"### Size `{data.get('size')}`\n")
+        out.append(f"Shared settings: `{' '.join(data.get('shared_settings', []))}`. Samples: {ev.get('n')} per "
+                   f"checkpoint ({ev.get('sampler')}), scored against {ev.get('reference')} with "
+                   f"`{ev.get('extractor')}`.\n")
+        steps = sorted({p["step"] for r in data["runs"].values() for p in r.get("points", [])})
+        by = {s: {p["step"]: p for p in r.get("points", [])} for s, r in data["runs"].items()}
+        cols = [s for s in ("linear", "cosine") if s in by]
+        header = ["step"] + [f"{s}: KID ×1000" for s in cols] + ([f"{s}: FID" for s in cols] if metric == "fid" else [])
+        rows = []
+        for step in steps:
+            row = [f"{step:,}"]
+            row += [f"{num(by[s][step]['kid'], 2, 1000)} ± {num(by[s][step]['kid_std'], 2, 1000)}"
+                    if step in by[s] else "–" for s in cols]
+            if metric == "fid":
+                row += [num(by[s].get(step, {}).get("fid"), 2) for s in cols]
+            rows.append(row)
+        out.append(table(header, rows) + "\n")
+        fig, ax = plt.subplots(figsize=(4.5, 3.0))
+        key, scale = ("fid", 1) if metric == "fid" else ("kid", 1000)
+        for s in cols:
+            pts = sorted((p["step"], p[key] * scale) for p in by[s].values() if key in p)
+            ax.plot(*zip(*pts), "o-", label=s)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{key.upper()}{' ×1000' if key == 'kid' else ''} (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out.append(page.figure(fig, f"{path.stem}.png", f"{key.upper()} against training steps, size "
+                                                        f"{data.get('size')}."))
+        out.append("Measured on: " + machines_line([p.get("machine") for r in data["runs"].values()
+                                                    for p in r.get("points", [])]) + ".\n")
+    return "\n".join(out)
+
+
+def sampler_overhead(page: Page) -> str:
+    out = ["## Sampler overhead outside the model\n"]
+    data = page.load("sampler_overhead.json")
+    if not data:
+        return "\n".join(out) + "\n" + not_run("python benchmarks/sampler_overhead.py")
+    setup = data.get("setup", {})
+    out.append(f"Time per sampler step with a model that costs nothing, against diffusers' schedulers and one "
+               f"UNet forward ({setup.get('timing', '')}). Images {setup.get('image_shape')}, "
+               f"{setup.get('num_steps')} steps, {setup.get('device')}.\n")
+    for batch, res in data.get("results", {}).items():
+        rows = [[name, num(v["median"], 1), num(v["min"], 1)] for name, v in res.get("ours_us_per_step", {}).items()]
+        rows += [[f"diffusers {name}", num(v["median"], 1), num(v["min"], 1)]
+                 for name, v in res.get("diffusers_us_per_step", {}).items()]
+        unet = res.get("unet", {})
+        out.append(f"**{batch.replace('_', ' ')}** (UNet forward, {unet.get('parameters', 0):,} parameters: "
+                   f"{num(unet.get('forward_ms', {}).get('median'), 1)} ms median)\n")
+        out.append(table(["sampler step", "µs median", "µs min"], rows) + "\n")
+    agree = data.get("agreement_max_abs_diff_vs_diffusers_ddim")
+    if agree:
+        out.append("Largest difference from diffusers' DDIM on the same model and noise: "
+                   + ", ".join(f"{k}: {v:.2g}" for k, v in agree.items()) + ".\n")
+    out.append(f"Measured on: {machine_line({**data.get('machine', {}), 'device': setup.get('device')})}.\n")
+    return "\n".join(out)
+
+
+def train_throughput(page: Page) -> str:
+    out = ["## Training throughput\n"]
+    data = page.load("train_throughput.json")
+    if not data:
+        return "\n".join(out) + "\n" + not_run("python benchmarks/train_throughput.py")
+    if data.get("note"):
+        out.append(data["note"] + "\n")
+    rows = []
+    for run in data.get("runs", []):
+        for c in run.get("comparisons", []):
+            rows.append([run["threads"], f"UNet {c['preset']} (batch {c['batch']}, {c['precision']})",
+                         num(c["images_per_s_diffusion_lib"], 1), num(c["images_per_s_diffusers"], 1),
+                         num(c["speed_ratio_ours_over_diffusers"], 2)])
+        for t in run.get("trainer", []):
+            rows.append([run["threads"], f"Trainer, `{t['config']}` (batch {t['batch']})", num(t["images_per_s"], 1),
+                         "–", "–"])
+    out.append(table(["threads", "what", "images/s (ours)", "images/s (diffusers)", "ratio"], rows) + "\n")
+    m = data.get("machine", {})
+    out.append(f"Measured on: {m.get('cpu')} ({m.get('cpu_count')} cores), torch {m.get('torch')}. "
+               f"Command: `{data.get('command')}`.\n")
+    return "\n".join(out)
+
+
+def fid_extractor(page: Page) -> str:
+    out = ["## FID: feature extraction and the Fréchet distance\n"]
+    data = page.load("fid_extractor.json")
+    if not data:
+        return "\n".join(out) + "\n" + not_run("python benchmarks/fid_extractor.py")
+    if "extractor" in data:
+        part = data["extractor"]
+        rows = [[r["extractor"], r["device"], r["threads"], r["batch_size"], num(r["images_per_second"], 2),
+                 num(r.get("images_per_cpu_second"), 2)] for r in part["result"]]
+        out.append("Speed of the standard FID Inception on 32 × 32 images (resized to 299 inside):\n")
+        out.append(table(["extractor", "device", "threads", "batch", "images/s", "images per CPU second"], rows))
+        out.append(f"\nMeasured on: {machine_line({**part['machine'], 'load_average': part.get('load_average_before')})}.\n")
+    frechets = [("all threads", data.get("frechet"))]
+    one = page.load("fid_frechet_1thread.json")
+    if one and "frechet" in one:
+        frechets.append(("1 thread", one["frechet"]))
+    rows = []
+    for label, part in frechets:
+        if not part:
+            continue
+        r = part["result"]
+        for key, name in (("eigh", "ours: symmetric eigendecompositions"), ("svd_2k", "ours: n × n route, 2k features"),
+                          ("torchmetrics_eigvals", "torchmetrics: eigvals of Σ₁Σ₂"), ("scipy_sqrtm", "scipy sqrtm")):
+            if key in r:
+                diff = {"svd_2k": "svd_2k_rel_diff_vs_eigh_same_features", "torchmetrics_eigvals": "torchmetrics_rel_diff",
+                        "scipy_sqrtm": "scipy_sqrtm_rel_diff"}.get(key)
+                rows.append([label, name, num(r[key]["wall_seconds"], 1), num(r[key]["cpu_seconds"], 1),
+                             f"{r[diff]:.1e}" if diff and diff in r else "reference"])
+    if rows:
+        out.append(f"Fréchet distance of two {frechets[0][1]['result'].get('dimension', 2048)}-d Gaussians:\n")
+        out.append(table(["threads", "method", "wall s", "CPU s", "relative difference"], rows) + "\n")
+    check = data.get("torch_fidelity_check", {}).get("result")
+    if check:
+        out.append(f"Agreement with torch-fidelity's feature pipeline (same weights): largest difference "
+                   f"{check['torch_fidelity_max_abs_diff_rgb32']:.1e} (RGB 32 × 32). torchmetrics' Inception with "
+                   f"`antialias=False` differs by {check['torchmetrics_antialias_False_rel_l2_diff']:.1e} (relative L2); "
+                   f"with its default `antialias=True` by **{100 * check['torchmetrics_antialias_True_rel_l2_diff']:.0f} %**, "
+                   f"which is why the course switches anti-aliasing off ([chapter 9](../notebooks/09_evaluating_generative_models.ipynb)). "
+                   f"{check.get('note', '')}\n")
+    return "\n".join(out)
+
+
+def others(page: Page, known: set[str]) -> str:
+    rest = sorted(p.name for p in page.results.glob("*.json") if p.name not in known
+                  and not p.name.startswith("schedule_comparison"))
+    if not rest:
+        return ""
+    return "## Other result files\n\n" + "\n".join(f"- `benchmarks/results/{n}`" for n in rest) + "\n"
+
+
+def render(results: Path, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    page = Page(results, out_dir)
+    sections = [efficiency(page), schedule_comparison(page), sampler_overhead(page), train_throughput(page),
+                fid_extractor(page),
+                others(page, {"efficiency.json", "sampler_overhead.json", "train_throughput.json",
+                              "fid_extractor.json", "fid_frechet_1thread.json"})]
+    head = ("# Benchmark results\n\n"
+            "<!-- Generated by scripts/render_results.py from benchmarks/results/*.json: edit the script, "
+            "not this page. -->\n\n"
+            "Every number the course measures outside the chapters: what each benchmark in `benchmarks/` wrote, "
+            "with the machine and date it ran on. Timings on a shared CPU depend on what else ran (the load "
+            "average is given); ratios measured in the same run are the steadier numbers. To refresh this page, "
+            "run a benchmark, then `python scripts/render_results.py`.\n")
+    path = out_dir / "results.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n" + "\n".join(s for s in sections if s).rstrip() + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "book")
+    args = p.parse_args(argv)
+    print(f"wrote {render(args.results, args.out_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
