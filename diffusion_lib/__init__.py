@@ -9,3 +9,6 @@ from .models import (VAE, Classifier, ClassifierConfig, UNet, UNetConfig, VAECon
 from .config import TrainConfig, load_config
 from .training import diffusion_loss, train, train_step
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .latent import decode_latents, encode_dataset, latent_unet_config, load_vae
+from .guidance_sweep import guidance_sweep
+from .classifier_training import load_classifier
