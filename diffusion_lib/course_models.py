@@ -86,7 +86,6 @@ def latent_config(profile: str, vae: str | Path, *, class_conditional: bool = Fa
     else:
         fields = dict(linear, dataset=dataset or "cifar10", model="latent_small", vae=vae, batch_size=256,
                       lr=5e-4, warmup_steps=200, ema_decay=0.999, max_steps=10_000, log_every=100,
-                      image_size=128 if dataset == "imagenet100" else None,
                       model_overrides={"channel_mult": [1, 2, 2], **derived})
     return validate_config(TrainConfig(**{**_COMMON, "grad_clip": 1.0, **fields, **cond}))
 
@@ -104,8 +103,7 @@ def classifier_config(profile: str, dataset: str | None = None) -> TrainConfig:
                       warmup_steps=50, ema_decay=0.99, max_steps=500, num_threads=1, device="cpu", log_every=25)
     else:
         fields = dict(task="classifier", model="classifier", dataset=dataset or "cifar10", hflip=True,
-                      batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.999, max_steps=3000, log_every=50,
-                      image_size=32)
+                      batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.999, max_steps=3000, log_every=50)
     return validate_config(TrainConfig(**{**_COMMON, "weight_decay": 1e-4, **fields}))
 
 
