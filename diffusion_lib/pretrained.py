@@ -116,7 +116,7 @@ _NOTEBOOK_CONFIGS: dict[str, dict[str, dict]] = {
     "fashion_ddpm_linear": {
         "smoke": _SMOKE,
         "cpu": {**_FASHION, "model_overrides": _CPU_MODEL, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50,
-                "ema_decay": 0.995, "max_steps": 250, "device": "cpu", "num_threads": 1, "log_every": 10},
+                "ema_decay": 0.995, "max_steps": 200, "device": "cpu", "num_threads": 1, "log_every": 10},
         # the full fashion_small (configs/fashion_cpu.yaml) for as many steps as fit in minutes on a T4
         "gpu": {**_FASHION, "batch_size": 128, "lr": 5e-4, "warmup_steps": 200, "ema_decay": 0.999,
                 "max_steps": 6000, "log_every": 50},
