@@ -20,6 +20,7 @@ finished run instead of training again, and an interrupted one resumes exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -154,6 +155,29 @@ def run_dir(name: str, config: TrainConfig, profile: str, root: str | Path = "ru
     return Path(root) / f"{_check_name(name)}-{check_profile(profile)}-{digest}"
 
 
+@contextlib.contextmanager
+def run_lock(folder: str | Path):
+    """Hold an exclusive lock on the run folder ``folder`` (created if needed) while the block runs.
+
+    Notebooks executed side by side may train the same configuration into the same folder; without
+    the lock both would write its checkpoints and log at once. Where ``fcntl`` is missing
+    (Windows) nothing is locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train_here(name: str, config: TrainConfig, *, profile: str, device: str | torch.device | None = None,
                output_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, Any, dict]:
     """Train ``config`` (or resume it, or reuse its finished run) and load the EMA model.
@@ -175,7 +199,8 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
     if device is not None:
         changes["device"] = str(device)
     config = dataclasses.replace(config, **changes)
-    summary = train(config, resume=True)
+    with run_lock(output_dir):  # two notebooks sharing a run: the second waits, then reuses it
+        summary = train(config, resume=True)
     checkpoint = summary["checkpoint"] or latest_checkpoint(config.output_dir)
     model, schedule, info = load_model(checkpoint, ema=True, device=device or "cpu")
     info.update(name=name, source="trained here", card=None, output_dir=str(output_dir),

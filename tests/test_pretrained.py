@@ -130,3 +130,23 @@ def test_notebook_configs_are_valid():
         pretrained.notebook_config("cifar10_ddpm", "cpu")
     with pytest.raises(ValueError, match="profile"):
         pretrained.notebook_config("fashion_ddpm_linear", "laptop")
+
+
+def test_a_second_trainer_waits_for_the_run_lock(tmp_path):
+    """While one process holds the run folder's lock, train_here waits; then it reuses the run."""
+    import threading
+    import time
+
+    config = tiny_config(tmp_path / "ignored", max_steps=2)
+    out = tmp_path / "run"
+    with one_thread():
+        pretrained.train_here(NAME, config, profile="cpu", output_dir=out, progress=False)
+        done = []
+        with pretrained.run_lock(out):
+            worker = threading.Thread(target=lambda: done.append(
+                pretrained.train_here(NAME, config, profile="cpu", output_dir=out, progress=False)))
+            worker.start()
+            time.sleep(1.0)
+            assert not done  # blocked by the lock
+        worker.join(timeout=60)
+    assert done and done[0][2]["train"]["start_step"] == 2  # reused the finished run
