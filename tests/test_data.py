@@ -2,6 +2,7 @@ import gzip
 import json
 import pickle
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -211,11 +212,20 @@ def test_offline_env_disables_downloads(tmp_path, monkeypatch):
 
 
 def test_unreachable_host_times_out(monkeypatch):
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    released = threading.Event()
+
+    def hang(*args, **kwargs):  # a host that never answers, until the test lets the thread go
+        released.wait(30)
+        raise OSError("no route")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
     start = time.perf_counter()
-    with pytest.raises(OSError, match="no answer"):
-        data._check_reachable("https://example.invalid/x", timeout=0.2)
-    assert time.perf_counter() - start < 3
+    try:
+        with pytest.raises(OSError, match="no answer"):
+            data._check_reachable("https://example.invalid/x", timeout=0.2)
+        assert time.perf_counter() - start < 3
+    finally:
+        released.set()
 
 
 # -- options and bad arguments -------------------------------------------------------------------
