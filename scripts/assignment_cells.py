@@ -6,7 +6,7 @@ cells between raw ``# BEGIN QUESTION`` and ``# END QUESTION`` cells (YAML after 
 ``# BEGIN TESTS`` / ``# END TESTS`` around the test cells (a test cell starting ``# HIDDEN`` is used
 for grading only). ``otter assign`` turns them into a student and an autograder notebook
 (scripts/make_assignments.py). The book shows the chapter itself, so its tags decide what readers
-see (``tag_problems``): the exercise text, the solutions behind a toggle, never the grading cells.
+see (``exercise_problems``): the exercise text, the solutions behind a toggle, never the grading cells.
 """
 
 from __future__ import annotations
@@ -77,11 +77,13 @@ def questions(nb) -> list[Question]:
     return found
 
 
-def tag_problems(nb) -> list[str]:
-    """How the otter cells of ``nb`` would leak into, or vanish from, the book (empty when fine).
+def exercise_problems(nb) -> list[str]:
+    """How the otter cells of ``nb`` would leak into, or vanish from, the book, or grade wrongly
+    (empty when fine).
 
     Config, boundary and test cells are tagged ``remove-cell``; solution code cells ``hide-input``
-    (shown behind a toggle); the question's own text is not removed; blocks are closed.
+    (shown behind a toggle); the question's own text is not removed; blocks are closed. Test cells
+    are executed: otter takes the result a test expects from the test cell's saved output.
     """
     problems, stack = [], []
     for i, cell in enumerate(nb.cells):
@@ -103,6 +105,9 @@ def tag_problems(nb) -> list[str]:
         block = stack[-1] if stack else None
         if block == "tests" and REMOVE not in tags:
             problems.append(f"{where} is a test cell: tag it '{REMOVE}' so the book does not show it")
+        if block == "tests" and cell.cell_type == "code" and cell.get("execution_count") is None:
+            problems.append(f"{where} is a test cell without its output: otter takes the expected result "
+                            "from it (run the notebook: make notebooks)")
         elif block == "solution" and cell.cell_type == "code":
             if REMOVE in tags or HIDE_INPUT not in tags:
                 problems.append(f"{where} is a solution cell: tag it '{HIDE_INPUT}' (shown behind a toggle), not '{REMOVE}'")

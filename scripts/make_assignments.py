@@ -33,11 +33,9 @@ from pathlib import Path
 
 import nbformat
 import yaml
-from packaging.requirements import Requirement
-
 from assignment_cells import assignment_config, is_config_cell
 from notebook_rules import ROOT, notebook_paths
-
+from packaging.requirements import Requirement
 
 
 def otter_requirement(name: str) -> str:

@@ -7,7 +7,7 @@
 - nbval (smoke profile) compares every output against those cpu outputs, so a cell whose output
   depends on the profile or the run starts with ``# NBVAL_IGNORE_OUTPUT`` (or ``# NBVAL_SKIP``).
 - Exercises (otter-grader's format): the book shows their text and, behind a toggle, their
-  solutions, never the grading cells (``assignment_cells.tag_problems``).
+  solutions, never the grading cells (``assignment_cells.exercise_problems``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import re
 from pathlib import Path
 
 import nbformat
-
-from assignment_cells import tag_problems
+from assignment_cells import exercise_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -116,4 +115,4 @@ def check_notebook(path: Path) -> list[str]:
                     break
     if compared == 0:
         problems.append("no cell's output is compared by nbval; keep some deterministic cells unmarked")
-    return problems + [f"exercises: {problem}" for problem in tag_problems(nb)]
+    return problems + [f"exercises: {problem}" for problem in exercise_problems(nb)]

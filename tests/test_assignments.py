@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from assignment_cells import questions, tag_problems  # noqa: E402
+from assignment_cells import exercise_problems, questions  # noqa: E402
 from grade_assignments import course_environment, grade  # noqa: E402
 from make_assignments import assignment_notebooks, make_assignment  # noqa: E402
 
@@ -112,8 +112,20 @@ def run_as_student(notebook: Path, folder: Path):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """Every chapter's assignment files (seconds: nothing is executed)."""
-    out = tmp_path_factory.mktemp("assignments")
-    return out, {path.stem: make_assignment(path, out) for path in CHAPTERS}
+    out, made = tmp_path_factory.mktemp("assignments"), {}
+    for path in CHAPTERS:
+        try:
+            made[path.stem] = make_assignment(path, out)
+        except Exception as error:  # noqa: BLE001  (reported by the chapter's tests)
+            made[path.stem] = error
+    return out, made
+
+
+def files(generated, chapter):
+    made = generated[1][chapter]
+    if isinstance(made, Exception):
+        pytest.fail(f"otter assign failed on {chapter}: {made!r}")
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +140,15 @@ def assignments(generated):
             ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         for name, value in threads.items():
             patch.setenv(name, value)
-        for chapter, files in made.items():
-            futures[chapter, "student"] = pool.submit(run_as_student, files["student"], out / "student_run" / chapter)
-            futures[chapter, "solutions"] = pool.submit(grade, files["autograder"], files["zip"])
+        for chapter, chapter_files in made.items():
+            if isinstance(chapter_files, Exception):
+                continue
+            futures[chapter, "student"] = pool.submit(run_as_student, chapter_files["student"], out / "student_run" / chapter)
+            futures[chapter, "solutions"] = pool.submit(grade, chapter_files["autograder"], chapter_files["zip"])
             try:
-                wrong_nb, files["wrong_question"] = submission_with_one_wrong_answer(
-                    files["student"], files["autograder"], out / "wrong" / chapter)
-                futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, files["zip"])
+                wrong_nb, chapter_files["wrong_question"] = submission_with_one_wrong_answer(
+                    chapter_files["student"], chapter_files["autograder"], out / "wrong" / chapter)
+                futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, chapter_files["zip"])
             except Exception as error:  # noqa: BLE001  (reported by the test that reads it)
                 results[chapter, "wrong"] = error
     for key, future in futures.items():
@@ -146,6 +160,8 @@ def assignments(generated):
 
 
 def result(assignments, chapter, kind):
+    if isinstance(assignments[0][chapter], Exception):
+        pytest.fail(f"otter assign failed on {chapter}: {assignments[0][chapter]!r}")
     value = assignments[1][chapter, kind]
     if isinstance(value, Exception):
         pytest.fail(f"{kind} run of {chapter} failed: {value}")
@@ -157,13 +173,13 @@ def test_some_chapters_have_exercises():
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
-def test_book_shows_exercises_but_not_grading_cells(path):
-    assert tag_problems(nbformat.read(path, as_version=4)) == []
+def test_exercise_cells_are_tagged_for_the_book_and_run(path):
+    assert exercise_problems(nbformat.read(path, as_version=4)) == []
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_student_notebook_is_set_up_for_colab(generated, path):
-    nb = nbformat.read(generated[1][path.stem]["student"], as_version=4)
+    nb = nbformat.read(files(generated, path.stem)["student"], as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "setup" in code[0].metadata["tags"], "the course's set-up cell must stay the first code cell"
     assert "otter-init" in code[1].metadata["tags"] and "import otter" in code[1].source
@@ -228,28 +244,31 @@ def test_init_cell_on_colab(generated, tmp_path):
     """The student notebook's otter cell as Colab runs it: alone (no tests/ beside it), in Colab's
     shell, which otter recognises; the install leaves Colab's packages alone (--no-deps)."""
     chapter = CHAPTERS[0].stem
-    student = nbformat.read(generated[1][chapter]["student"], as_version=4)
+    student = nbformat.read(files(generated, chapter)["student"], as_version=4)
     (tmp_path / "init_cell.py").write_text(next(c.source for c in student.cells if "otter-init" in c.metadata.get("tags", [])))
     (tmp_path / "google" / "colab").mkdir(parents=True)
     (tmp_path / "google" / "__init__.py").write_text("")
     (tmp_path / "google" / "colab" / "__init__.py").write_text("")
     (tmp_path / "google" / "colab" / "_shell.py").write_text(COLAB_SHELL)
     question = next(iter(answer_cells(student)))
-    run = subprocess.run([sys.executable, "-c", ON_COLAB % question], cwd=tmp_path, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", ON_COLAB % question], cwd=tmp_path, capture_output=True, text=True, check=False,
                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert run.returncode == 0, run.stderr
     assert "pip: install -q --no-deps otter-grader==" in run.stdout
     assert "interpreter: IPythonInterpreter.COLAB" in run.stdout
     assert "Test case failed" in run.stdout  # nothing is defined: the check runs and fails, without an error
-    tests = generated[1][chapter]["student"].parent / "tests"
+    tests = files(generated, chapter)["student"].parent / "tests"
     assert {p.name: p.read_text() for p in (tmp_path / "tests").glob("*.py")} == {p.name: p.read_text() for p in tests.glob("*.py")}
 
 
-def test_tag_problems_finds_grading_cells_the_book_would_show():
+def test_exercise_problems_finds_grading_cells_the_book_would_show_and_unrun_tests():
     def cell(kind, source, tags=()):
         new = {"raw": nbformat.v4.new_raw_cell, "code": nbformat.v4.new_code_cell,
                "markdown": nbformat.v4.new_markdown_cell}[kind]
-        return new(source, metadata={"tags": list(tags)})
+        made = new(source, metadata={"tags": list(tags)})
+        if kind == "code":
+            made.execution_count = 1
+        return made
 
     remove = ["remove-cell"]
     good = [
@@ -266,14 +285,16 @@ def test_tag_problems_finds_grading_cells_the_book_would_show():
         cell("raw", "# END QUESTION", remove),
     ]
     nb = nbformat.v4.new_notebook(cells=good)
-    assert tag_problems(nb) == []
+    assert exercise_problems(nb) == []
     assert [(q.name, q.points, q.solution_cells, q.test_cells) for q in questions(nb)] == [("q1", 1, [4], [7, 8])]
 
     good[1].metadata["tags"] = []            # a marker cell the book would show
     good[2].metadata["tags"] = remove        # the exercise's text removed from the book
     good[4].metadata["tags"] = []            # a solution shown without a toggle
     good[8].metadata["tags"] = ["hide-input"]  # a hidden test behind a toggle
-    problems = "\n".join(tag_problems(nbformat.v4.new_notebook(cells=good[:-1])))
+    good[7].execution_count = None           # a test without the output otter takes as expected
+    problems = "\n".join(exercise_problems(nbformat.v4.new_notebook(cells=good[:-1])))
     for expected in ("cell 1 (# BEGIN QUESTION) is a grading cell", "cell 2 is part of the exercise's text",
-                     "cell 4 is a solution cell", "cell 8 is a test cell", "unclosed otter block(s): question"):
+                     "cell 4 is a solution cell", "cell 8 is a test cell", "cell 7 is a test cell without its output",
+                     "unclosed otter block(s): question"):
         assert expected in problems
