@@ -115,13 +115,20 @@ def efficiency(page: Page) -> str:
     if claims:
         change = claims["peak_memory_change"]
         ddim = claims.get("ddim_arm", "DDIM-250")
+        measure = {"rss_mib": "peak resident set of the process", "cuda_max_allocated_mib":
+                   "torch.cuda.max_memory_allocated"}.get(claims["memory_measure"], claims["memory_measure"])
         out.append(f"**The source report's claims.** DDPM makes {claims['model_call_ratio']:.1f}× as many model calls "
                    f"as {ddim} and took {claims['wall_time_ratio']:.2f}× the wall time ({claims['cpu_time_ratio']:.2f}× "
                    f"the CPU time): \"DDIM-250 is 4× faster than DDPM-1000\" is the ratio of model calls. Peak memory "
-                   f"({claims['memory_measure']}) at batch {claims['batch']}: {claims['peak_memory_mib']['ddpm']:,.0f} MiB "
+                   f"({measure}) at batch {claims['batch']}: {claims['peak_memory_mib']['ddpm']:,.0f} MiB "
                    f"(DDPM) and {claims['peak_memory_mib']['ddim']:,.0f} MiB ({ddim}), a change of {100 * change:+.1f} %"
+                   + (f" ({claims['peak_above_baseline_mib']['ddpm']:,.1f} and {claims['peak_above_baseline_mib']['ddim']:,.1f}"
+                      " MiB above the baseline of the loaded model)" if claims.get("peak_above_baseline_mib") else "")
                    + (", not the ~30 % saving the report claims: both samplers hold the same tensors (x_t, one "
-                      "prediction, the network's activations for one call)." if abs(change) < 0.1 else ".") + "\n")
+                      "prediction, the network's activations for one call)." if abs(change) < 0.1 else ".")
+                   + (" On a CPU the resident set also counts memory the allocator keeps after freeing it, which "
+                      "can differ between runs of different lengths; on a GPU `max_memory_allocated` counts live tensors only."
+                      if claims["memory_measure"] == "rss_mib" else "") + "\n")
     out.append("Measured on: " + machines_line([v.get("machine") for v in [*timing.values(), *quality.values()]])
                + ".\n")
     out.append(page_figure_efficiency(page, timing, quality))
