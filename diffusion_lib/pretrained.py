@@ -107,7 +107,7 @@ _SMOKE = dict(dataset="shapes", dataset_kwargs={"num_samples": 256}, image_size=
               model_overrides={"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
                                "attention_levels": [1], "num_groups": 8, "dropout": 0.0},
               schedule="linear", num_timesteps=100, beta_start=1e-3, beta_end=0.2, batch_size=16, lr=2e-3,
-              warmup_steps=2, ema_decay=0.9, max_steps=30, device="cpu", num_threads=1, seed=0,
+              warmup_steps=2, ema_decay=0.8, max_steps=12, device="cpu", num_threads=1, seed=0,
               sample_every=0, tensorboard=False, log_every=2)
 # cpu: minutes on 2 shared cores. fashion_small at half width without its dropout (a short run does
 # not overfit), a large learning rate and a short EMA; the shipped model is the full recipe.
