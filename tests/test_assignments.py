@@ -216,6 +216,9 @@ def test_c_one_wrong_answer_loses_exactly_its_points(assignments, path):
     wrong = assignments[0][path.stem]["wrong_question"]
     unexpected = {q: s.report for q, s in scores.items() if s.score != (0 if q == wrong else s.possible)}
     assert wrong in scores and not unexpected, f"deliberately wrong: {wrong}\n" + "\n\n".join(unexpected.values())
+    solutions = result(assignments, path.stem, "solutions")
+    assert {q: s.hidden_tests for q, s in scores.items()} == {q: s.hidden_tests for q, s in solutions.items()}, \
+        "a submission made from the student notebook must be graded with the hidden tests too"
 
 
 COLAB_SHELL = """
@@ -250,7 +253,9 @@ def test_init_cell_on_colab(generated, tmp_path):
     (tmp_path / "google" / "__init__.py").write_text("")
     (tmp_path / "google" / "colab" / "__init__.py").write_text("")
     (tmp_path / "google" / "colab" / "_shell.py").write_text(COLAB_SHELL)
-    question = next(iter(answer_cells(student)))
+    question, *_, graded = answer_cells(student)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / f"{graded}.py").write_text("test = {}  # where otter's grading puts the hidden tests")
     run = subprocess.run([sys.executable, "-c", ON_COLAB % question], cwd=tmp_path, capture_output=True, text=True, check=False,
                          env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert run.returncode == 0, run.stderr
@@ -258,7 +263,9 @@ def test_init_cell_on_colab(generated, tmp_path):
     assert "interpreter: IPythonInterpreter.COLAB" in run.stdout
     assert "Test case failed" in run.stdout  # nothing is defined: the check runs and fails, without an error
     tests = files(generated, chapter)["student"].parent / "tests"
-    assert {p.name: p.read_text() for p in (tmp_path / "tests").glob("*.py")} == {p.name: p.read_text() for p in tests.glob("*.py")}
+    written = {p.name: p.read_text() for p in (tmp_path / "tests").glob("*.py")}
+    assert written.pop(f"{graded}.py").startswith("test = {}"), "the cell replaced a test it found (grading's hidden tests)"
+    assert written == {p.name: p.read_text() for p in tests.glob("*.py") if p.stem != graded}
 
 
 def test_exercise_problems_finds_grading_cells_the_book_would_show_and_unrun_tests():
