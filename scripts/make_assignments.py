@@ -8,13 +8,14 @@ For every chapter notebook with a raw ``# ASSIGNMENT CONFIG`` cell this writes
     assignments/autograder/<chapter>/<chapter>.ipynb    the solutions, for the teacher
     assignments/autograder/<chapter>/<chapter>-autograder.zip   all tests, for `otter run`
 
-Offline and in the smoke profile (nothing is executed: `otter assign --no-run-tests`;
-tests/test_assignments.py runs the results). Two things are set for every chapter, whatever its
-config says: the tests go to files (``tests: files: true``), which is what otter needs on Colab, and
-otter's first cell (``import otter`` above everything, no install) is replaced by ours after the
-set-up cell: on Colab it installs otter-grader without its dependencies (otter 7 asks for
-ipywidgets 8, which would replace Colab's ipywidgets 7), and everywhere it writes the tests to
-``tests/``, so the notebook alone is enough: a Colab runtime has nothing but the notebook.
+Offline, and nothing is executed (`otter assign --no-run-tests`): tests/test_assignments.py runs
+the results in the smoke profile, as grading does (scripts/grade_assignments.py). Two things are
+set for every chapter, whatever its config says: the tests go to files (``tests: files: true``),
+which is what otter needs on Colab, and otter's first cell (``import otter`` above everything, no
+install) is replaced by ours after the set-up cell: on Colab it installs otter-grader without its
+dependencies (otter 7 asks for ipywidgets 8, which would replace Colab's ipywidgets 7), and
+everywhere it writes the public tests missing from ``tests/``, so the notebook alone is enough: a
+Colab runtime has nothing but the notebook.
 
 Usage: python scripts/make_assignments.py [--out assignments] [NOTEBOOK ...]
        (default: every notebooks/NN_*.ipynb that has an assignment config)
@@ -135,7 +136,7 @@ def finish_notebook(path: Path, student: bool) -> None:
     nbformat.write(nb, path)
 
 
-def make_assignment(path: Path, out: Path, quiet: bool = True) -> dict[str, Path]:
+def make_assignment(path: Path, out: Path) -> dict[str, Path]:
     """Generate the student and autograder versions of chapter ``path`` under ``out``."""
     from otter.assign import main as otter_assign
 
@@ -144,8 +145,11 @@ def make_assignment(path: Path, out: Path, quiet: bool = True) -> dict[str, Path
     with tempfile.TemporaryDirectory() as tmp:
         master, result = master_copy(path, Path(tmp)), Path(tmp) / "result"
         log = io.StringIO()
-        with contextlib.redirect_stdout(log) if quiet else contextlib.nullcontext():
-            otter_assign(str(master), str(result), no_run_tests=True, no_pdfs=True)
+        try:
+            with contextlib.redirect_stdout(log):
+                otter_assign(str(master), str(result), no_run_tests=True, no_pdfs=True)
+        except Exception as error:
+            raise RuntimeError(f"otter assign failed on {path.name}: {error}\n{log.getvalue()}") from error
         for folder in (student, autograder):
             shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(result / "student", student)
