@@ -198,7 +198,7 @@ def run_child(checkpoint: Path, arm: str, args, device: torch.device) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", arm, "--checkpoint", str(checkpoint),
            "--batch", str(args.batch), "--device", str(device), "--seed", str(args.seed),
            "--threads", str(args.threads), "--repeats", str(args.repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"timing child for {arm} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -385,7 +385,11 @@ def main(argv=None) -> int:
                   f"{result['model_calls']} calls, peak {result['peak']}", flush=True)
 
     if "quality" in args.parts:
-        from diffusion_lib.metrics import get_extractor, reference_features, reference_stats
+        from diffusion_lib.metrics import (
+            get_extractor,
+            reference_features,
+            reference_stats,
+        )
         from diffusion_lib.metrics.evaluate import _dataset_options
 
         net = get_extractor(args.extractor, device)

@@ -69,7 +69,11 @@ def train_runs(args, runs_dir: Path) -> dict:
 
 def evaluate_checkpoint(path: Path, args, device, net, refs: dict) -> dict:
     from diffusion_lib.checkpoint import load_model
-    from diffusion_lib.metrics import extract_features, fid_from_stats, kid_from_features
+    from diffusion_lib.metrics import (
+        extract_features,
+        fid_from_stats,
+        kid_from_features,
+    )
     from diffusion_lib.metrics.evaluate import generate
 
     model, schedule, info = load_model(path, ema=True, device=device)

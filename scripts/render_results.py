@@ -78,8 +78,8 @@ class Page:
 # ------------------------------------------------------------------------------------------ sections
 def efficiency(page: Page) -> str:
     out = ["## Fast sampling: model calls, time, memory and quality\n",
-           "One trained model, DDPM with all T steps against DDIM and DPM-Solver++(2M) with fewer model "
-           "calls ([chapter 10](../notebooks/10_fast_sampling.ipynb)).\n"]
+           ("One trained model, DDPM with all T steps against DDIM and DPM-Solver++(2M) with fewer model "
+            "calls ([chapter 10](../notebooks/10_fast_sampling.ipynb)).\n")]
     data = page.load("efficiency.json")
     if not data or not (data.get("timing", {}).get("arms") or data.get("quality", {}).get("arms")):
         return "\n".join(out) + "\n" + not_run("python benchmarks/efficiency.py --pretrained fashion_ddpm_linear")
@@ -201,8 +201,8 @@ def page_figure_efficiency(page: Page, timing: dict, quality: dict) -> str:
 
 def schedule_comparison(page: Page) -> str:
     out = ["## Linear against cosine noise schedule\n",
-           "Two training runs that differ only in the noise schedule (same UNet, data order, seed, batch, "
-           "learning rate and steps); every checkpoint's EMA model samples the same noise with DDIM-50.\n"]
+           ("Two training runs that differ only in the noise schedule (same UNet, data order, seed, batch, "
+            "learning rate and steps); every checkpoint's EMA model samples the same noise with DDIM-50.\n")]
     files = sorted(page.results.glob("schedule_comparison*.json"))
     runs = [(f, json.loads(f.read_text())) for f in files]
     runs = [(f, d) for f, d in runs if any(r.get("points") for r in d.get("runs", {}).values())]

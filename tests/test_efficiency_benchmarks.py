@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _train_utils import one_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +34,8 @@ schedule_comparison = load_script(ROOT / "benchmarks" / "schedule_comparison.py"
 render_results = load_script(ROOT / "scripts" / "render_results.py", "render_results")
 
 TINY = ["dataset=shapes", "dataset_kwargs={num_samples: 32}", "image_size=8", "model=cifar_small",
-        "model_overrides={base_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_levels: [1], "
-        "num_groups: 4}", "num_timesteps=20", "batch_size=4", "max_steps=2", "checkpoint_every=1",
+        ("model_overrides={base_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_levels: [1], "
+         "num_groups: 4}"), "num_timesteps=20", "batch_size=4", "max_steps=2", "checkpoint_every=1",
         "progress=false", "log_every=1", "warmup_steps=1"]
 
 
