@@ -2,7 +2,7 @@
 PYTHON ?= python3
 NB ?= notebooks/[0-9]*.ipynb
 
-.PHONY: install book test notebooks assignments colab-check clean
+.PHONY: install book test notebooks checkpoints assignments colab-check clean
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -24,6 +24,11 @@ test: install
 notebooks: install
 	$(PYTHON) scripts/sync_first_cell.py $(NB)
 	$(PYTHON) scripts/execute_notebooks.py --profile cpu $(NB)
+
+# Train, ship and measure the book's models into checkpoints/ (scripts/train_checkpoints.sh): resumable;
+# hours on 2 CPU cores, minutes on a GPU with DEVICE=cuda; FID=1 adds each model's FID-2k.
+checkpoints: install
+	PYTHON=$(PYTHON) DEVICE=$(or $(DEVICE),cpu) FID=$(or $(FID),0) bash scripts/train_checkpoints.sh
 
 # Student notebooks and autograders from every chapter's exercises (otter assign; offline, runs
 # nothing): assignments/student/<chapter>/, assignments/autograder/<chapter>/ (see book/teachers.md).

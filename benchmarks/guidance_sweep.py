@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--fid-scales", type=float, nargs="+", default=[0, 1, 3])
     p.add_argument("--fid-n", type=int, default=2000, help="samples per FID scale (spread evenly over classes)")
+    p.add_argument("--fid-reference-n", type=int, default=None,
+                   help="reference images from the test set (default: all 10,000; fewer for a quick check)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
@@ -115,12 +117,14 @@ def main(argv=None) -> int:
             save_grid(grid, args.grid_dir / f"s{s:g}.png", nrow=info["num_classes"])
         print(result.table())
     if "fid" in args.parts:
-        reference = reference_stats("fashion_mnist", "test", device=device)
+        reference = reference_stats("fashion_mnist", "test", args.fid_reference_n, device=device)
         per_class = -(-args.fid_n // info["num_classes"])
         result = guidance_sweep(model, schedule, classifier, scales=args.fid_scales, samples_per_class=per_class,
                                 fid_scales=args.fid_scales, fid_reference=reference, **common)
         data["fid"] = [{k: row[k] for k in ("scale", "w", "fid", "fid_extractor", "fid_reference_n", "n",
                                             "class_accuracy", "diversity")} for row in result.rows]
+        if "rows" not in data:  # no sweep yet: the FID scales' rows stand in for it
+            data.update(settings=result.settings, rows=[dict(row) for row in result.rows])
         by_scale = {row["scale"]: row["fid"] for row in result.rows}
         for row in data.get("rows", []):
             if row["scale"] in by_scale:
