@@ -31,7 +31,6 @@ machine it ran on; a file made from another checkpoint is refused (``--fresh`` s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -87,14 +86,6 @@ class CallCounter(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_checkpoint(args) -> Path:
     if args.checkpoint:
         path = Path(args.checkpoint)
@@ -117,19 +108,6 @@ def load(path: Path, device: torch.device):
     return model.float().eval(), schedule, info
 
 
-def peak_rss_mib() -> float | None:
-    """VmHWM (the peak resident set of this process) in MiB; None where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
 def machine(device) -> dict:
     from diffusion_lib.metrics.evaluate import machine_info
 
@@ -147,6 +125,7 @@ def pick_device(name: str) -> torch.device:
 def time_one_arm(checkpoint: Path, arm_name: str, batch: int, device: torch.device, seed: int,
                  repeats: int) -> dict:
     """Run in a fresh process (``--child``): load, warm up, sample one batch ``repeats`` times."""
+    from diffusion_lib.metrics.evaluate import peak_rss_mib
     from diffusion_lib.samplers import sample
 
     cuda = device.type == "cuda"
@@ -357,9 +336,11 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(time_one_arm(checkpoint, args.child, args.batch, device, args.seed, args.repeats)))
         return 0
+    from diffusion_lib.checkpoint import file_digest
+
     if args.fid_max_nfe is None:
         args.fid_max_nfe = math.inf if device.type == "cuda" else 100
-    digest = sha256(checkpoint)
+    digest = file_digest(checkpoint)
     model, schedule, info = load(checkpoint, device)
     arms = [parse_arm(a, schedule.num_timesteps) for a in args.arms]  # fail early on a bad name
     out = Path(args.out)

@@ -37,19 +37,9 @@ RESULTS = REPO / "benchmarks" / "results" / "latent_vs_pixel.json"
 ARMS = {"pixel": ("fashion_small", (1, 32, 32)), "latent": ("latent_small", (4, 8, 8))}
 
 
-def peak_rss_mib() -> float | None:
-    """Peak resident set of this process (VmHWM), MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def memory(device: torch.device) -> dict:
+    from diffusion_lib.metrics.evaluate import peak_rss_mib
+
     if device.type == "cuda":
         return {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20}
     return {"rss_mib": peak_rss_mib()}

@@ -15,6 +15,7 @@ moment leaves either the old file or the new one, never half a file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -32,6 +33,15 @@ _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, truncated or not one of ours; the message names the file."""
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks (model cards, latent caches, the FID weights)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:

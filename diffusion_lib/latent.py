@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, file_digest, load_checkpoint
 
 CACHE_ENV = "DIFFUSION_CACHE"
 CACHE_VERSION = 1
@@ -45,11 +45,7 @@ __all__ = ["LatentDataset", "StableDiffusionVAE", "check_latent_shape", "decode_
 # --------------------------------------------------------------------------------- VAE files
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (the key of cached latents, and the model cards' checksum)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def load_vae(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",

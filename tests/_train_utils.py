@@ -68,3 +68,14 @@ def state_tensors(state: dict, prefix: str = ""):
             yield from state_tensors(value, name + ".")
         elif isinstance(value, (list, tuple)):
             yield from state_tensors(dict(enumerate(value)), name + ".")
+
+
+def loss_after_steps(model, schedule, x0, steps: int = 25, lr: float = 3e-3) -> float:
+    """The diffusion loss on ``x0`` (fixed noise and t) after ``steps`` AdamW training steps on it."""
+    from diffusion_lib.training import diffusion_loss, train_step
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for i in range(steps):
+        train_step(model, schedule, opt, x0, generator=torch.Generator().manual_seed(i))
+    with torch.no_grad():
+        return diffusion_loss(model, schedule, x0, generator=torch.Generator().manual_seed(123)).item()

@@ -74,6 +74,20 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def peak_rss_mib() -> float:
+    """Peak resident set of this process in MiB (Linux VmHWM; elsewhere getrusage's maximum): the CPU
+    counterpart of CUDA's max_memory_allocated, meaningful in a fresh process per measurement."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
 def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int | None = 50, n: int = 10_000,
                    metrics: tuple[str, ...] = ("fid",), dataset: str | None = None, split: str = "train",
                    n_reference: int | None = None, extractor: str = "auto", batch_size: int = 256,

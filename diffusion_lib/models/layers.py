@@ -1,4 +1,4 @@
-"""Building blocks shared by the UNet and the VAE.
+"""Building blocks shared by the UNet and the VAE, and the dict round trip of the models' configs.
 
 The blocks follow Ho et al. (2020, "Denoising Diffusion Probabilistic Models", appendix B and
 their `diffusion_tf/models/unet.py`): pre-activation residual blocks with GroupNorm and SiLU, the
@@ -9,6 +9,7 @@ upsampling followed by a convolution.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -16,6 +17,22 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUP_NORM_EPS = 1e-6  # Ho et al. / LDM use 1e-6 (TensorFlow's group_norm default)
+
+
+class ConfigDict:
+    """``to_dict``/``from_dict`` for the models' config dataclasses: what checkpoints store (tuples as
+    lists, so a checkpoint holds plain types), and unknown keys named when a dict is read back."""
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -15,17 +15,16 @@ that the guided sampler uses for the unconditional prediction.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .layers import Attention, Downsample, ResBlock, Upsample, group_norm, timestep_embedding, zero_
+from .layers import Attention, ConfigDict, Downsample, ResBlock, Upsample, group_norm, timestep_embedding, zero_
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(ConfigDict):
     """Hyperparameters of :class:`UNet`. Level i works at resolution image_size / 2**i with
     base_channels * channel_mult[i] channels."""
 
@@ -78,20 +77,6 @@ class UNetConfig:
     @property
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig keys {unknown}; valid keys: {sorted(valid)}")
-        return cls(**d)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "UNetConfig":

@@ -14,18 +14,17 @@ so it travels with the state dict; it is NaN until measure_latent_scale() sets i
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .layers import Attention, Downsample, ResBlock, Upsample, group_norm
+from .layers import Attention, ConfigDict, Downsample, ResBlock, Upsample, group_norm
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(ConfigDict):
     """Hyperparameters of :class:`VAE`; images (in_channels, image_size, image_size) map to latents
     (latent_channels, image_size / f, image_size / f) with f = 2**(len(channel_mult) - 1)."""
 
@@ -64,19 +63,6 @@ class VAEConfig:
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.image_size // self.downsampling_factor
         return (self.latent_channels, side, side)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"unknown VAEConfig keys {unknown}; valid keys: {sorted(valid)}")
-        return cls(**d)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "VAEConfig":
