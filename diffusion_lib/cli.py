@@ -68,6 +68,7 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
     p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: --n)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
@@ -125,7 +126,10 @@ def _sample(args: argparse.Namespace) -> int:
              else torch.arange(args.n) % num_classes).to(device)
     net = model if args.guidance_scale == 1.0 else classifier_free_guidance(model, args.guidance_scale,
                                                                              info["null_label"])
-    options = {"prediction_type": info["prediction_type"]}
+    if args.clip_x0 and info["vae"]:
+        raise ValueError("--clip-x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
+                         "which are not bounded")
+    options = {"prediction_type": info["prediction_type"], "clip_x0": args.clip_x0}
     if args.sampler == "ddim":
         options.update(num_steps=args.steps, eta=args.eta)
     elif args.sampler == "dpm_solver":

@@ -5,7 +5,8 @@
     python scripts/measure_model.py fashion_cfg --fp32 runs/fashion_latent_cfg/checkpoints/ckpt_00002000.pt
     python scripts/measure_model.py fashion_ddpm_linear --fid      (adds FID-2k against the test set)
 
-What it measures, all with DDIM (50 steps, η = 0) from the EMA weights and the shipped classifier:
+What it measures, all with DDIM (50 steps, η = 0) from the EMA weights and the shipped classifier
+(pixel models with x̂0 clipped to [-1, 1] at every step, as Ho et al. sample; latents are not clipped):
 - unconditional models: the classifier's class assignments of ``--n`` samples (every class should get
   at least 5 %: the model covers the data set, no mode is lost);
 - class-conditional models: class accuracy of ``--n`` samples guided at s = ``--scale`` (default 3),
@@ -42,9 +43,9 @@ STEPS = 50
 
 def draw(model, schedule, info, n: int, scale: float, seed: int) -> torch.Tensor:
     """``n`` images in [-1, 1]: DDIM-50 from noise fixed by ``seed``, classes in turn when conditional."""
-    images = generate(model, schedule, info, sampler="ddim", steps=STEPS, n=n, batch_size=250, seed=seed,
-                      guidance_scale=scale, eta=0.0, device="cpu", progress=True)
     vae = course_models.find_vae_for(info)
+    images = generate(model, schedule, info, sampler="ddim", steps=STEPS, n=n, batch_size=250, seed=seed,
+                      guidance_scale=scale, eta=0.0, device="cpu", progress=True, clip_x0=vae is None)
     return decode_latents(images, vae) if vae is not None else images
 
 
@@ -77,7 +78,8 @@ def main() -> int:
     model, schedule, info = pretrained.load_pretrained(args.name)
     conditional = info["num_classes"] is not None
     scale = args.scale if conditional else 1.0
-    measured = {"sampler": f"ddim, {STEPS} steps, eta 0, EMA weights", "seed": args.seed,
+    clip = "" if info.get("vae") else ", x0 clipped to [-1, 1]"
+    measured = {"sampler": f"ddim, {STEPS} steps, eta 0, EMA weights{clip}", "seed": args.seed,
                 "classifier": f"fashion_classifier (test accuracy {pretrained.read_card(classifier_path)['test_accuracy']})"}
 
     start = time.perf_counter()
@@ -114,7 +116,7 @@ def main() -> int:
 
     if args.fid:
         result = run_evaluation(path, sampler="ddim", steps=STEPS, n=args.fid_n, split="test", n_reference=10_000,
-                                guidance_scale=scale, seed=args.seed)
+                                guidance_scale=scale, seed=args.seed, clip_x0=not info.get("vae"))
         measured["fid"] = {k: result[k] for k in ("fid", "n", "n_reference", "split", "extractor", "guidance_scale",
                                                    "sampling_seconds", "feature_seconds")}
     measured["machine"] = machine_info()

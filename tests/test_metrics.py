@@ -390,3 +390,21 @@ def test_run_evaluation_and_cli_write_json(tmp_path, monkeypatch):
         code = main(["evaluate", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "2", "--n", "8",
                      "--extractor", "random-projection-64", "--device", "cpu", "--out", str(out)])
     assert code == 0 and json.loads(out.read_text())["fid"] == pytest.approx(result["fid"])
+
+
+def test_generate_passes_clip_x0_to_the_sampler_and_refuses_it_for_latents():
+    from diffusion_lib import NoiseSchedule, ddim_sample
+    from diffusion_lib.analytic import GaussianDenoiser
+    from diffusion_lib.metrics.evaluate import generate
+
+    schedule = NoiseSchedule.linear(100)
+    model = GaussianDenoiser(schedule, mean=0.8, std=0.5)  # x0 estimates often beyond 1
+    info = {"num_classes": None, "prediction_type": "epsilon", "image_shape": (1, 4, 4), "vae": None}
+    kw = dict(sampler="ddim", steps=10, n=6, batch_size=6, seed=3, guidance_scale=1.0, eta=0.0, device="cpu",
+              progress=False)
+    clipped, plain = (generate(model, schedule, info, clip_x0=c, **kw) for c in (True, False))
+    expected = ddim_sample(model, schedule, shape=(6, 1, 4, 4), num_steps=10, clip_x0=True,
+                           generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    assert torch.allclose(clipped, expected) and not torch.allclose(clipped, plain)
+    with pytest.raises(ValueError, match="latents"):
+        generate(model, schedule, {**info, "vae": "vae.pt"}, clip_x0=True, **kw)

@@ -34,15 +34,20 @@ def _dataset_options(config: dict) -> dict:
 
 
 def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n: int, batch_size: int,
-             seed: int, guidance_scale: float, eta: float, device, progress: bool) -> torch.Tensor:
-    """``n`` samples in [-1, 1] on the CPU; conditional models get the classes in turn."""
+             seed: int, guidance_scale: float, eta: float, device, progress: bool,
+             clip_x0: bool = False) -> torch.Tensor:
+    """``n`` samples in [-1, 1] on the CPU; conditional models get the classes in turn. ``clip_x0``: clamp
+    each step's x̂0 to [-1, 1] as Ho et al.'s sampler does (pixel models only: latents are not bounded)."""
+    if clip_x0 and info.get("vae"):
+        raise ValueError("clip_x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
+                         "which are not bounded: sample it with clip_x0=False")
     from ..samplers import classifier_free_guidance, sample
 
     num_classes = info["num_classes"]
     if num_classes is None and guidance_scale != 1.0:
         raise ValueError("guidance_scale needs a class-conditional model; this checkpoint is unconditional")
     net = model if guidance_scale == 1.0 else classifier_free_guidance(model, guidance_scale, info["null_label"])
-    options = {"prediction_type": info["prediction_type"]}
+    options = {"prediction_type": info["prediction_type"], "clip_x0": clip_x0}
     if sampler == "ddim":
         options.update(num_steps=steps, eta=eta)
     elif sampler == "dpm_solver":
@@ -92,8 +97,8 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
                    metrics: tuple[str, ...] = ("fid",), dataset: str | None = None, split: str = "train",
                    n_reference: int | None = None, extractor: str = "auto", batch_size: int = 256,
                    feature_batch_size: int = 50, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
-                   ema: bool = True, device: str | torch.device | None = None, cache_dir: str | Path | None = None,
-                   out: str | Path | None = None, progress: bool = True) -> dict:
+                   clip_x0: bool = False, ema: bool = True, device: str | torch.device | None = None,
+                   cache_dir: str | Path | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
     """Sample ``n`` images from ``checkpoint`` and score them against ``n_reference`` (default ``n``) images
     of the training dataset (or ``dataset``); returns the results and writes them as JSON to ``out``.
 
@@ -121,7 +126,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
 
     start = time.perf_counter()
     images = generate(model, schedule, info, sampler=sampler, steps=steps, n=n, batch_size=batch_size, seed=seed,
-                      guidance_scale=guidance_scale, eta=eta, device=device, progress=progress)
+                      guidance_scale=guidance_scale, eta=eta, device=device, progress=progress, clip_x0=clip_x0)
     if info.get("vae"):  # latent diffusion: the samples are latents of this VAE; score the decoded images
         from ..latent import decode_latents
         images = decode_latents(images, info["vae"], batch_size=batch_size, device=device)
@@ -135,7 +140,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     result = {
         "checkpoint": str(checkpoint), "step": info.get("step"), "weights": info.get("weights"),
         "sampler": sampler, "steps": steps, "eta": eta if sampler == "ddim" else None,
-        "guidance_scale": guidance_scale, "n": n, "seed": seed, "vae": info.get("vae"),
+        "guidance_scale": guidance_scale, "clip_x0": clip_x0, "n": n, "seed": seed, "vae": info.get("vae"),
         "dataset": dataset, "split": split, "n_reference": n_reference, "extractor": net.name,
         "sampling_seconds": sampling_seconds, "images_per_second": n / sampling_seconds,
         "feature_seconds": feature_seconds,
@@ -176,6 +181,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="samples per sampler call")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance s (1: conditional)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: $DIFFUSION_CACHE/fid "
@@ -191,7 +197,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     result = run_evaluation(args.checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
                             dataset=args.dataset, split=args.split, n_reference=args.n_reference,
                             extractor=args.extractor, batch_size=args.batch_size,
-                            guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, ema=not args.no_ema,
+                            guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, clip_x0=args.clip_x0,
+                            ema=not args.no_ema,
                             device=None if args.device == "auto" else args.device, cache_dir=args.cache_dir,
                             out=out)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=str))
