@@ -408,3 +408,18 @@ def test_generate_passes_clip_x0_to_the_sampler_and_refuses_it_for_latents():
     assert torch.allclose(clipped, expected) and not torch.allclose(clipped, plain)
     with pytest.raises(ValueError, match="latents"):
         generate(model, schedule, {**info, "vae": "vae.pt"}, clip_x0=True, **kw)
+
+
+def test_generate_clamps_images_but_returns_latents_as_sampled():
+    from diffusion_lib import NoiseSchedule
+    from diffusion_lib.analytic import GaussianDenoiser
+    from diffusion_lib.metrics.evaluate import generate
+
+    schedule = NoiseSchedule.linear(100)
+    model = GaussianDenoiser(schedule, mean=2.0, std=0.1)  # samples near 2, outside the pixel range
+    info = {"num_classes": None, "prediction_type": "epsilon", "image_shape": (1, 4, 4), "vae": None}
+    kw = dict(sampler="ddim", steps=20, n=4, batch_size=4, seed=0, guidance_scale=1.0, eta=0.0, device="cpu",
+              progress=False)
+    assert generate(model, schedule, info, **kw).max() <= 1.0
+    latents = generate(model, schedule, {**info, "vae": "vae.pt"}, **kw)
+    assert latents.mean() > 1.5  # not clamped to 1

@@ -36,8 +36,10 @@ def _dataset_options(config: dict) -> dict:
 def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n: int, batch_size: int,
              seed: int, guidance_scale: float, eta: float, device, progress: bool,
              clip_x0: bool = False) -> torch.Tensor:
-    """``n`` samples in [-1, 1] on the CPU; conditional models get the classes in turn. ``clip_x0``: clamp
-    each step's x̂0 to [-1, 1] as Ho et al.'s sampler does (pixel models only: latents are not bounded)."""
+    """``n`` samples on the CPU: images clamped to [-1, 1], or for a latent model (``info["vae"]``) its
+    latents as sampled (they are not bounded; clamping them would distort every decoded image).
+    Conditional models get the classes in turn. ``clip_x0``: clamp each step's x̂0 to [-1, 1] as Ho et
+    al.'s sampler does (pixel models only)."""
     if clip_x0 and info.get("vae"):
         raise ValueError("clip_x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
                          "which are not bounded: sample it with clip_x0=False")
@@ -59,9 +61,10 @@ def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n:
             b = min(batch_size, n - start)
             y = None if num_classes is None else (torch.arange(start, start + b) % num_classes).to(device)
             images.append(sample(net, schedule, sampler, shape=(b, *info["image_shape"]), generator=generator,
-                                 y=y, device=device, **options).clamp(-1, 1).cpu())
+                                 y=y, device=device, **options).cpu())
             bar.update(b)
-    return torch.cat(images)
+    images = torch.cat(images)
+    return images if info.get("vae") else images.clamp(-1, 1)
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict:
