@@ -57,8 +57,8 @@ def not_run(command: str) -> str:
 
 
 class Page:
-    def __init__(self, results: Path, out_dir: Path):
-        self.results, self.out_dir = results, out_dir
+    def __init__(self, results: Path, out_dir: Path, checkpoints: Path = ROOT / "checkpoints"):
+        self.results, self.out_dir, self.checkpoints = results, out_dir, checkpoints
         self.figures = out_dir / FIGURES
         self.sections: list[str] = []
 
@@ -338,6 +338,65 @@ def fid_extractor(page: Page) -> str:
     return "\n".join(out)
 
 
+def guidance_sweep(page: Page) -> str:
+    out = ["## Classifier-free guidance sweep\n"]
+    data = page.load("guidance_sweep.json")
+    if not data or not data.get("rows"):
+        return "\n".join(out) + "\n" + not_run("python benchmarks/guidance_sweep.py --parts sweep --threads 1")
+    settings = data.get("settings", {})
+    out.append(f"The shipped `fashion_cfg` model guided at every scale s (w = s − 1): "
+               f"{settings.get('samples_per_class')} samples of each class per scale, the same noise at every "
+               f"scale, DDIM {settings.get('num_steps')} steps. Class accuracy: how often the shipped classifier "
+               f"names the class that was asked for; diversity: the mean distance between the classifier's "
+               f"features of two samples of one class ([chapter 8](../notebooks/08_classifier_free_guidance.ipynb)).\n")
+    fid = {row["scale"]: row for row in data.get("fid", [])}
+    rows = [[num(r["scale"], 1), num(r["w"], 1), num(r["class_accuracy"], 3), num(r["diversity"], 2),
+             num(fid[r["scale"]]["fid"], 1) if r["scale"] in fid else "–", num(r.get("sampling_seconds"), 0)]
+            for r in data["rows"]]
+    out.append(table(["s", "w", "class accuracy", "diversity", "FID", "sampling s"], rows) + "\n")
+    from diffusion_lib.guidance_sweep import plot_guidance_sweep
+
+    out.append(page.figure(plot_guidance_sweep(data), "guidance_sweep.png",
+                           "Class accuracy and within-class diversity against the guidance scale."))
+    out.append(f"Measured on: {machine_line(data.get('machine'))}.\n")
+    return "\n".join(out)
+
+
+def model_cards(page: Page) -> str:
+    out = ["## The shipped models\n"]
+    cards = [json.loads(path.read_text()) for path in sorted(page.checkpoints.glob("*.json"))]
+    if not cards:
+        return "\n".join(out) + "\n" + not_run("make checkpoints")
+    out.append("The models in `checkpoints/`, from their model cards (`checkpoints/<name>.json`, written by "
+               "scripts/ship_model.py and scripts/measure_model.py; `make checkpoints` makes them again). Wall "
+               "time: training only, summed over resumed segments, on the hardware the card names.\n")
+    rows = []
+    for card in cards:
+        measured = card.get("measured", {})
+        facts = []
+        if card.get("test_accuracy") is not None:
+            facts.append(f"test accuracy {100 * card['test_accuracy']:.1f} %")
+        if card.get("report", {}).get("psnr_db") is not None:
+            facts.append(f"test PSNR {card['report']['psnr_db']:.1f} dB, latent scale {card['latent_scale']:.3f}")
+        if "guided" in measured:
+            g = measured["guided"]
+            facts.append(f"class accuracy {100 * g['class_accuracy']:.1f} % at s = {g['scale']:g} ({g['n']} samples)")
+        if "coverage" in measured:
+            c = measured["coverage"]
+            facts.append(f"smallest class share {100 * c['min_share']:.1f} % of {c['n']} samples")
+        if "fp16_check" in measured:
+            f = measured["fp16_check"]
+            facts.append(f"fp16 vs fp32: max {f['max_pixel_difference_8bit']}/255, classifier agrees on "
+                         f"{100 * f['classifier_agreement']:.0f} %")
+        if "fid" in measured:
+            facts.append(f"FID {measured['fid']['fid']:.1f} ({measured['fid']['n']} samples)")
+        wall = card.get("wall_time_s")
+        rows.append([f"`{card['name']}`", f"{card.get('steps'):,}", num(wall / 60 if wall else None, 0),
+                     card.get("weights", ""), num(card.get("size_bytes", 0) / 1e6, 1), "; ".join(facts) or "–"])
+    out.append(table(["model", "steps", "wall time (min)", "weights", "MB", "measured"], rows) + "\n")
+    return "\n".join(out)
+
+
 def others(page: Page, known: set[str]) -> str:
     rest = sorted(p.name for p in page.results.glob("*.json") if p.name not in known
                   and not p.name.startswith("schedule_comparison"))
@@ -351,10 +410,10 @@ def render(results: Path, out_dir: Path) -> Path:
 
     matplotlib.use("Agg")
     page = Page(results, out_dir)
-    sections = [efficiency(page), schedule_comparison(page), sampler_overhead(page), train_throughput(page),
-                fid_extractor(page),
+    sections = [model_cards(page), efficiency(page), schedule_comparison(page), guidance_sweep(page),
+                sampler_overhead(page), train_throughput(page), fid_extractor(page),
                 others(page, {"efficiency.json", "sampler_overhead.json", "train_throughput.json",
-                              "fid_extractor.json", "fid_frechet_1thread.json"})]
+                              "fid_extractor.json", "fid_frechet_1thread.json", "guidance_sweep.json"})]
     head = ("# Benchmark results\n\n"
             "<!-- Generated by scripts/render_results.py from benchmarks/results/*.json: edit the script, "
             "not this page. -->\n\n"
