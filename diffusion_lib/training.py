@@ -408,7 +408,10 @@ class Trainer:
             images = self.sample_fn(self.ema.module, generator)
         path = self.output_dir / "samples" / f"step_{self.step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        images = images[:, :3].float().clamp(-1, 1)  # latents with 4 channels: show the first 3
+        if self.config.vae is not None:  # latent diffusion: show the decoded images, not the latents
+            from .latent import decode_latents
+            images = decode_latents(images, self.config.vae, device=self.device)
+        images = images[:, :3].float().clamp(-1, 1)  # latents given as a dataset: their first 3 channels
         nrow = getattr(self.sample_fn, "nrow", None) or math.ceil(math.sqrt(len(images)))
         save_image((images + 1) / 2, path, nrow=nrow)
         return path

@@ -162,8 +162,11 @@ def test_latent_model_trains_and_samples_through_the_command_line(vae_run, cache
     out, _ = vae_run
     run = tmp_path / "latent"
     items = overrides(run, TINY_LATENT_UNET, model="latent_small",
-                      vae=out / "vae.pt", class_conditional="true", num_timesteps=20, max_steps=2)
+                      vae=out / "vae.pt", class_conditional="true", num_timesteps=20, max_steps=2,
+                      sample_every=2, sample_n=4, sample_steps=2)
     assert cli.main(["train", "--set", *items]) == 0
+    training_grid = Image.open(run / "samples" / "step_00000002.png")
+    assert training_grid.size == (4 * 8 + 5 * 2, 8 + 2 * 2)  # decoded 8x8 images, not 2x2 latents
     state = ck.load_checkpoint(ck.latest_checkpoint(run))
     assert state["vae"] == str(out / "vae.pt") and state["vae_sha256"] == file_sha256(out / "vae.pt")
     capsys.readouterr()
