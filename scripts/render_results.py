@@ -37,7 +37,7 @@ def machine_line(m: dict | None) -> str:
         return "machine not recorded"
     device = m.get("device_name") or m.get("cpu") or m.get("cpu_model") or "unknown device"
     parts = [f"{m.get('device', 'cpu')}: {device}"]
-    threads = m.get("cpu_threads", m.get("torch_threads"))
+    threads = m.get("cpu_threads", m.get("torch_threads", m.get("threads")))
     if threads is not None:
         parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
     cores = m.get("cpu_count", m.get("cores"))
