@@ -86,7 +86,7 @@ def main() -> int:
     images = draw(model, schedule, info, args.n, scale, args.seed)
     measured["sampling_seconds"] = round(time.perf_counter() - start, 1)
     predicted = predicted_classes(classifier, images)
-    num_classes = 10
+    num_classes = classifier.config.num_classes
     shares = torch.bincount(predicted, minlength=num_classes).double() / len(predicted)
     if conditional:
         asked = torch.arange(args.n) % info["num_classes"]
