@@ -287,6 +287,33 @@ def test_reference_stats_hit_the_cache_on_a_second_call(tmp_path, fake_dataset):
     np.testing.assert_allclose(features.stats().sigma, first.sigma, rtol=1e-6)
 
 
+def test_smaller_references_come_from_cached_features_of_more_images(tmp_path, fake_dataset):
+    kw = dict(cache_dir=tmp_path, progress=False, image_size=32)
+    direct = metrics.reference_stats("toy", "train", 10, extractor=CountingProjection("fake-a"), **kw)
+    few = CountingProjection("fake-a")
+    metrics.reference_features("toy", "train", 6, extractor=few, **kw)
+    calls = few.calls
+    metrics.reference_stats("toy", "train", 9, extractor=few, **kw)
+    assert few.calls > calls  # 6 stored images cannot give statistics of 9
+    every = CountingProjection("fake-a")
+    metrics.reference_features("toy", "train", None, extractor=every, **kw)
+    calls = every.calls
+    for tmp in tmp_path.glob("stats-*"):
+        tmp.unlink()
+    stats = metrics.reference_stats("toy", "train", 10, extractor=every, **kw)
+    features = metrics.reference_features("toy", "train", 5, extractor=every, **kw)
+    assert every.calls == calls  # both taken from the features of all 12 images
+    np.testing.assert_allclose(stats.sigma, direct.sigma, rtol=1e-6)
+    assert features.n == 5
+    other = CountingProjection("fake-a", seed=1)  # same name, other weights: the stored features do not serve
+    metrics.reference_stats("toy", "train", 8, extractor=other, **kw)
+    assert other.calls > 0
+    changed_options = CountingProjection("fake-a")
+    metrics.reference_stats("toy", "train", 8, extractor=changed_options, cache_dir=tmp_path, progress=False,
+                            image_size=28)
+    assert changed_options.calls > 0
+
+
 def test_cache_is_invalidated_when_the_extractor_changes(tmp_path, fake_dataset):
     kw = dict(cache_dir=tmp_path, progress=False)
     a = metrics.reference_stats("toy", "train", 10, extractor=CountingProjection("fake-a", seed=0), **kw)
