@@ -394,6 +394,15 @@ def model_cards(page: Page) -> str:
         rows.append([f"`{card['name']}`", f"{card.get('steps'):,}", num(wall / 60 if wall else None, 0),
                      card.get("weights", ""), num(card.get("size_bytes", 0) / 1e6, 1), "; ".join(facts) or "–"])
     out.append(table(["model", "steps", "wall time (min)", "weights", "MB", "measured"], rows) + "\n")
+    scored = sorted((card["measured"]["fid"]["fid"], card) for card in cards if "fid" in card.get("measured", {}))
+    if scored:
+        first = scored[0][1]["measured"]["fid"]
+        listed = ", ".join(f"`{card['name']}` {fid:.1f}" + (f" (s = {card['measured']['fid']['guidance_scale']:g})"
+                                                           if card["measured"]["fid"]["guidance_scale"] != 1 else "")
+                           for fid, card in scored)
+        out.append(f"FID of {first['n']:,} samples against the {first['n_reference']:,} {first['split']} images "
+                   f"(extractor {first['extractor']}), best first: {listed}. Samples as each card's `measured.sampler` "
+                   f"says (DDIM, 50 steps, EMA weights; pixel models with x̂0 clipped).\n")
     return "\n".join(out)
 
 
