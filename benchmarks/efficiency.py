@@ -11,8 +11,9 @@ For each sampler ("arm"):
 - **quality**: FID-2k (2,000 samples against the Fashion-MNIST test set's Inception statistics, cached by
   ``metrics.reference_stats``) for the arms with at most ``--fid-max-nfe`` model calls (100 on the CPU,
   every arm on CUDA), and for every arm KID on its first 500 samples against 1,000 test images (labelled
-  KID: it is not FID). Samples and their features are kept in ``--work-dir``, so an interrupted run
-  resumes and the study can run in pieces.
+  KID: it is not FID). ``--clip-x0`` clips every step's x̂0 to [-1, 1] as Ho et al.'s sampler (and the
+  shipped pixel models' cards) do. Samples and their features are kept in ``--work-dir``, so an
+  interrupted run resumes and the study can run in pieces.
 
 The two claims checked (DESIGN.md): "DDIM-250 is 4x faster than DDPM-1000" (the ratio of model calls,
 1000 / 250) and "DDIM uses ~30 % less peak memory" (at equal batch size both samplers hold the same
@@ -189,16 +190,17 @@ def samples_for(arm: dict, n: int, model, schedule, info, args, device, folder: 
     from diffusion_lib.metrics import to_uint8
     from diffusion_lib.metrics.evaluate import generate
 
-    for path in sorted(folder.glob(f"samples_{arm['arm']}_seed{args.seed}_b{args.sample_batch}_n*.pt")):
+    name = f"samples_{arm['arm']}{'_clip' if args.clip_x0 else ''}_seed{args.seed}_b{args.sample_batch}"
+    for path in sorted(folder.glob(f"{name}_n*.pt")):
         cached = torch.load(path, weights_only=True)
         if cached.shape[0] >= n:
             return cached[:n]
     images = generate(model, schedule, info, sampler=arm["sampler"], steps=arm["steps"], n=n,
                       batch_size=args.sample_batch, seed=args.seed, guidance_scale=1.0, eta=0.0, device=device,
-                      progress=True)
+                      progress=True, clip_x0=args.clip_x0)
     images = to_uint8(images)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(images, folder / f"samples_{arm['arm']}_seed{args.seed}_b{args.sample_batch}_n{n}.pt")
+    torch.save(images, folder / f"{name}_n{n}.pt")
     return images
 
 
@@ -206,7 +208,8 @@ def features_for(arm: dict, images: torch.Tensor, net, args, folder: Path):
     from diffusion_lib.metrics import FeatureSet, extract_features
 
     n = images.shape[0]
-    path = folder / f"features_{arm['arm']}_seed{args.seed}_b{args.sample_batch}_n{n}_{net.name}.pt"
+    clip = "_clip" if args.clip_x0 else ""
+    path = folder / f"features_{arm['arm']}{clip}_seed{args.seed}_b{args.sample_batch}_n{n}_{net.name}.pt"
     if path.is_file():
         return FeatureSet(torch.load(path, weights_only=True), net.name)
     feats = extract_features(images, net, batch_size=args.feature_batch, progress=True)
@@ -226,7 +229,7 @@ def quality_one_arm(arm: dict, model, schedule, info, args, device, net, folder:
     feats = features_for(arm, images, net, args, folder)
     extraction = time.perf_counter() - start
     kid = kid_from_features(feats[:args.n_kid], refs["kid"])
-    result = {**arm, "n_samples": n, "sample_batch": args.sample_batch, "seed": args.seed,
+    result = {**arm, "n_samples": n, "sample_batch": args.sample_batch, "seed": args.seed, "clip_x0": args.clip_x0,
               "sampling_seconds": sampling, "feature_seconds": extraction,
               "kid": {"label": f"KID-{args.n_kid} (x1000: {1000 * kid.kid:.2f})", "value": kid.kid,
                       "std": kid.kid_std, "n": args.n_kid, "n_reference": kid.n_reference,
@@ -320,6 +323,8 @@ def parse_args(argv=None):
     p.add_argument("--extractor", default="auto", help="auto (the standard FID Inception) or random-projection-64 "
                    "(a smoke-test stand-in, NOT FID)")
     p.add_argument("--sample-batch", type=int, default=250, help="batch for generating quality samples")
+    p.add_argument("--clip-x0", action="store_true",
+                   help="quality samples with each step's x0 clipped to [-1, 1] (Ho et al.; pixel models only)")
     p.add_argument("--feature-batch", type=int, default=50)
     p.add_argument("--work-dir", default=str(REPO / "runs" / "efficiency"), help="samples and features (resumable)")
     p.add_argument("--out", default=str(RESULTS))

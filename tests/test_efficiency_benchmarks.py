@@ -94,7 +94,7 @@ def efficiency_run(tmp_path_factory):
             assert efficiency.main(common + ["--parts", "quality", "--arms", "ddim5", "dpm4", "--n-fid", "12",
                                              "--n-kid", "8", "--kid-reference", "10", "--fid-reference", "12",
                                              "--fid-max-nfe", "4", "--extractor", "random-projection-64",
-                                             "--sample-batch", "6"]) == 0
+                                             "--sample-batch", "6", "--clip-x0"]) == 0
     finally:
         patch.undo()
     return tmp, checkpoint, out
@@ -125,7 +125,8 @@ def test_efficiency_quality_merges_pieces_and_labels_kid_and_fid(efficiency_run)
     assert quality["dpm4"]["fid"]["n"] == 12 and quality["dpm4"]["fid"]["extractor"] == "random-projection-64"
     assert quality["dpm4"]["kid"]["n"] == 8 and quality["dpm4"]["kid"]["label"].startswith("KID-8")
     assert data["quality"]["reference"]["kid_n"] == 10 and len(data["commands"]) == 2
-    assert len(list((tmp / "work").rglob("samples_*.pt"))) == 2
+    assert len(list((tmp / "work").rglob("samples_*_clip_*.pt"))) == 2
+    assert quality["dpm4"]["clip_x0"] and quality["ddim5"]["clip_x0"]  # as asked: x0 clipped at every step
 
 
 def test_efficiency_refuses_results_of_another_checkpoint(efficiency_run, tmp_path):
