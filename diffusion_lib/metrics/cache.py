@@ -8,11 +8,11 @@ The folder is ``$DIFFUSION_CACHE/fid`` if that variable is set, else ``~/.cache/
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -78,10 +78,12 @@ def _features_of_more_images(count: int, meta: dict, dataset_kwargs: dict, cache
     """
     every = cache_path("features", meta["dataset"], meta["split"], None, meta["extractor"], dataset_kwargs, cache_dir)
     before, after = every.name.split("-nall-")
-    for candidate in sorted(every.parent.glob(f"{glob.escape(before)}-n*-{glob.escape(after)}")):
-        stored = candidate.name[len(before) + 2:-len(after) - 1]
-        if stored != "all" and not stored.isdigit():
+    name = re.compile(rf"{re.escape(before)}-n(all|\d+)-{re.escape(after)}")
+    for candidate in sorted(every.parent.iterdir() if every.parent.is_dir() else []):
+        match = name.fullmatch(candidate.name)
+        if match is None:
             continue
+        stored = match.group(1)
         arrays = _read(candidate, {**meta, "kind": "features", "n": None if stored == "all" else int(stored)})
         if arrays is not None and len(arrays["features"]) >= count:
             log.info("reference %s of %d images from the features in %s", meta["kind"], count, candidate)
