@@ -185,8 +185,9 @@ def run_child(checkpoint: Path, arm: str, args, device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ quality
-def samples_for(arm: dict, n: int, model, schedule, info, args, device, folder: Path) -> torch.Tensor:
-    """``n`` uint8 samples of ``arm`` (seeded; the first k of a larger set equal a run of k), cached."""
+def samples_for(arm: dict, n: int, model, schedule, info, args, device, folder: Path) -> tuple[torch.Tensor, dict]:
+    """``n`` uint8 samples of ``arm`` (seeded; the first k of a larger set equal a run of k), cached, and
+    where and how fast they were drawn (``--parts samples`` on a GPU, the scores later on a CPU)."""
     from diffusion_lib.metrics import to_uint8
     from diffusion_lib.metrics.evaluate import generate
 
@@ -194,14 +195,18 @@ def samples_for(arm: dict, n: int, model, schedule, info, args, device, folder: 
     for path in sorted(folder.glob(f"{name}_n*.pt")):
         cached = torch.load(path, weights_only=True)
         if cached.shape[0] >= n:
-            return cached[:n]
+            origin = path.with_suffix(".json")
+            return cached[:n], json.loads(origin.read_text()) if origin.is_file() else {}
+    start = time.perf_counter()
     images = generate(model, schedule, info, sampler=arm["sampler"], steps=arm["steps"], n=n,
                       batch_size=args.sample_batch, seed=args.seed, guidance_scale=1.0, eta=0.0, device=device,
                       progress=True, clip_x0=args.clip_x0)
+    origin = {"sampling_seconds": time.perf_counter() - start, "n": n, "machine": machine(device)}
     images = to_uint8(images)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(images, folder / f"{name}_n{n}.pt")
-    return images
+    write_results(folder / f"{name}_n{n}.json", origin)
+    return images, origin
 
 
 def features_for(arm: dict, images: torch.Tensor, net, args, folder: Path):
@@ -222,15 +227,14 @@ def quality_one_arm(arm: dict, model, schedule, info, args, device, net, folder:
 
     with_fid = arm["nfe"] <= args.fid_max_nfe
     n = max(args.n_fid, args.n_kid) if with_fid else args.n_kid
-    start = time.perf_counter()
-    images = samples_for(arm, n, model, schedule, info, args, device, folder)
-    sampling = time.perf_counter() - start
+    images, origin = samples_for(arm, n, model, schedule, info, args, device, folder)
     start = time.perf_counter()
     feats = features_for(arm, images, net, args, folder)
     extraction = time.perf_counter() - start
     kid = kid_from_features(feats[:args.n_kid], refs["kid"])
     result = {**arm, "n_samples": n, "sample_batch": args.sample_batch, "seed": args.seed, "clip_x0": args.clip_x0,
-              "sampling_seconds": sampling, "feature_seconds": extraction,
+              "sampling_seconds": origin.get("sampling_seconds"),
+              "sampled_on": origin.get("machine", {}).get("device_name"), "feature_seconds": extraction,
               "kid": {"label": f"KID-{args.n_kid} (x1000: {1000 * kid.kid:.2f})", "value": kid.kid,
                       "std": kid.kid_std, "n": args.n_kid, "n_reference": kid.n_reference,
                       "subsets": kid.subsets, "subset_size": kid.subset_size, "extractor": kid.extractor},
@@ -304,7 +308,8 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="a diffusion checkpoint (.pt)")
     src.add_argument("--pretrained", default="fashion_ddpm_linear", help="a shipped model's name (default)")
-    p.add_argument("--parts", nargs="+", default=["timing", "quality"], choices=("timing", "quality"))
+    p.add_argument("--parts", nargs="+", default=["timing", "quality"], choices=("timing", "samples", "quality"),
+                   help="samples: only draw (and keep) the quality samples, e.g. on a GPU; quality scores them")
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS),
                    help="ddpm[<T>], ddim<steps>, dpm<steps> (DPM-Solver++(2M)); default: %(default)s")
     p.add_argument("--batch", type=int, default=64, help="timing batch (default 64)")
@@ -370,6 +375,14 @@ def main(argv=None) -> int:
             print(f"  {result['wall_seconds']:.1f} s, {result['seconds_per_image']:.3f} s/image, "
                   f"{result['model_calls']} calls, peak {result['peak']}", flush=True)
 
+    folder = Path(args.work_dir) / digest[:12]
+    if "samples" in args.parts:
+        for arm in arms:
+            n = max(args.n_fid, args.n_kid) if arm["nfe"] <= args.fid_max_nfe else args.n_kid
+            print(f"samples {arm['arm']} ({n}) ...", flush=True)
+            samples_for(arm, n, model, schedule, info, args, device, folder)
+        write_results(out, data)  # the command, for the record
+
     if "quality" in args.parts:
         from diffusion_lib.metrics import (
             get_extractor,
@@ -388,7 +401,6 @@ def main(argv=None) -> int:
         data["quality"]["reference"] = {"dataset": dataset, "split": args.reference_split, "options": options,
                                         "kid_n": refs["kid"].n, "fid_n": refs["fid"].n if "fid" in refs else None,
                                         "extractor": net.name}
-        folder = Path(args.work_dir) / digest[:12]
         for arm in arms:
             print(f"quality {arm['arm']} ...", flush=True)
             result = quality_one_arm(arm, model, schedule, info, args, device, net, folder, refs)

@@ -64,6 +64,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n))
     max_steps: int = 10_000
+    max_minutes: float | None = None  # also stop (with a checkpoint) after this much training time in one call
     # hardware
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: str = "auto"  # auto: bf16 on CUDA if supported, else fp16 + GradScaler; fp32 on CPU
@@ -154,6 +155,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     for key in ("warmup_steps", "sample_every", "num_workers"):
         _check(getattr(c, key) >= 0, key, "an integer >= 0", getattr(c, key))
     _check(c.image_size is None or c.image_size >= 1, "image_size", "null or an integer >= 1", c.image_size)
+    _check(c.max_minutes is None or (math.isfinite(c.max_minutes) and c.max_minutes > 0), "max_minutes",
+           "null or a finite number > 0", c.max_minutes)
     _check(c.num_threads is None or c.num_threads >= 1, "num_threads", "null or an integer >= 1", c.num_threads)
     _check(math.isfinite(c.lr) and c.lr > 0, "lr", "a finite number > 0", c.lr)
     _check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay", "a finite number >= 0",

@@ -40,8 +40,8 @@ from .ema import ema_decay_at, make_ema
 
 
 # Config keys that may change on resume without changing the arithmetic of training.
-_BOOKKEEPING_KEYS = ("max_steps", "output_dir", "progress", "checkpoint_every", "keep_last", "sample_every",
-                     "sample_n", "sample_steps", "sample_guidance_scale", "log_every", "num_workers", "tensorboard")
+_BOOKKEEPING_KEYS = ("max_steps", "max_minutes", "output_dir", "progress", "checkpoint_every", "keep_last",
+                     "sample_every", "sample_n", "sample_steps", "sample_guidance_scale", "log_every", "num_workers", "tensorboard")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -439,7 +439,11 @@ class Trainer:
                                                    pin_memory=self.device.type == "cuda")
 
     def fit(self, resume: bool | str | Path = False) -> dict:
-        """Train until ``max_steps``; resume from the latest (``True``) or a given checkpoint."""
+        """Train until ``max_steps`` (or ``max_minutes``); resume from the latest (``True``) or a given checkpoint.
+
+        ``max_minutes`` is checked every ``log_every`` steps (all DDP ranks agree): training stops there
+        with a checkpoint, and ``--resume`` continues exactly as after any other stop.
+        """
         c = self.config
         if resume:
             path = ckpt_io.latest_checkpoint(self.output_dir) if resume is True else Path(resume)
@@ -466,8 +470,9 @@ class Trainer:
         interval_losses: list[float] = []
         t_start = t_interval = time.perf_counter()
         steps_in_interval, last_path, images_per_s = 0, None, float("nan")
+        out_of_time = False
         try:
-            while self.step < c.max_steps:
+            while self.step < c.max_steps and not out_of_time:
                 x, y = next(batches)
                 x = x.to(self.device, non_blocking=True)
                 if self.channels_last:
@@ -495,11 +500,14 @@ class Trainer:
                                 tb.add_scalar(f"train/{key}", row[key], self.step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
                     interval_losses, steps_in_interval, t_interval = [], 0, time.perf_counter()
+                    if c.max_minutes is not None:
+                        late = torch.tensor(float(now - t_start >= 60 * c.max_minutes), device=self.device)
+                        out_of_time = bool(all_mean(late, self.dist) > 0)  # rank 0's clock may differ
 
                 t_other = time.perf_counter()
                 if c.sample_every and self.step % c.sample_every == 0:
                     self.save_samples()
-                if self.step % c.checkpoint_every == 0 or self.step == c.max_steps:
+                if self.step % c.checkpoint_every == 0 or self.step == c.max_steps or out_of_time:
                     last_path = self.save() or last_path
                 t_interval += time.perf_counter() - t_other  # images/s counts training time only
         finally:

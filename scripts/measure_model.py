@@ -14,10 +14,17 @@ What it measures, all with DDIM (50 steps, η = 0) from the EMA weights and the 
 - ``--fp32``: the fp16 check. The same noise through the shipped (fp16-stored) weights and the run's
   float32 EMA weights: max pixel difference in 8-bit levels, and how often the classifier agrees;
 - ``--fid``: FID of the samples against the whole Fashion-MNIST test set (standard Inception; the test
-  set's features are computed once and cached, about 20 minutes on 2 cores).
+  set's features are computed once and cached, about 20 minutes on 2 cores): FID-2k of the first
+  2,000 samples, and FID-10k as well when there are 10,000 or more.
 
 The samples: ``--n`` (default 1,000), or with ``--fid`` ``--fid-n`` (default 2,000): the same samples
-are classified and scored.
+are classified and scored. Sampling on a GPU and scoring on a CPU (the FID Inception stays here):
+
+    python scripts/measure_model.py fashion_ddpm_linear --device cuda --n 10000 --save-samples s.pt --fp32 CKPT
+    python scripts/measure_model.py fashion_ddpm_linear --samples s.pt --fid     (classifies and scores them)
+
+``--save-samples`` keeps the images (uint8) with where and how they were drawn; ``--samples`` reads them
+back and refuses samples of another checkpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from diffusion_lib import course_models, pretrained  # noqa: E402
-from diffusion_lib.checkpoint import load_model  # noqa: E402
+from diffusion_lib.checkpoint import file_digest, load_model  # noqa: E402
 from diffusion_lib.classifier_training import load_classifier  # noqa: E402
 from diffusion_lib.latent import decode_latents  # noqa: E402
 from diffusion_lib.metrics import extract_features, fid_from_stats, get_extractor, reference_stats  # noqa: E402
@@ -45,13 +52,24 @@ from diffusion_lib.metrics.scores import model_outputs  # noqa: E402
 STEPS = 50
 
 
-def draw(model, schedule, info, n: int, scale: float, seed: int) -> torch.Tensor:
-    """``n`` images in [-1, 1]: DDIM-50 from noise fixed by ``seed``, classes in turn when conditional."""
+def draw(model, schedule, info, n: int, scale: float, seed: int, device: torch.device) -> torch.Tensor:
+    """``n`` images in [-1, 1] on the CPU: DDIM-50 from noise fixed by ``seed`` (and the device), classes
+    in turn when conditional."""
     vae = course_models.find_vae_for(info)
-    model = model.to(memory_format=torch.channels_last)  # 1.2x images/s on a CPU too
-    images = generate(model, schedule, info, sampler="ddim", steps=STEPS, n=n, batch_size=250, seed=seed,
-                      guidance_scale=scale, eta=0.0, device="cpu", progress=True, clip_x0=vae is None)
+    model = model.to(device, memory_format=torch.channels_last)  # 1.2x images/s on a CPU too
+    images = generate(model, schedule, info, sampler="ddim", steps=STEPS, n=n, seed=seed, guidance_scale=scale,
+                      batch_size=1000 if device.type == "cuda" else 250, eta=0.0, device=device,
+                      progress=True, clip_x0=vae is None)
     return decode_latents(images, vae) if vae is not None else images
+
+
+def read_samples(path: Path, checkpoint: Path) -> dict:
+    """Samples written by ``--save-samples``, checked to come from ``checkpoint``."""
+    saved = torch.load(path, weights_only=True)
+    if saved["checkpoint_sha256"] != file_digest(checkpoint):
+        raise SystemExit(f"{path} holds samples of another checkpoint (sha256 {saved['checkpoint_sha256'][:12]}...), "
+                         f"not of {checkpoint}")
+    return saved
 
 
 def predicted_classes(classifier, images: torch.Tensor) -> torch.Tensor:
@@ -69,7 +87,11 @@ def main() -> int:
     p.add_argument("--fid-n", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where to sample: cpu, cuda[:i] or auto")
+    p.add_argument("--save-samples", type=Path, default=None, help="also write the samples (uint8) to this .pt file")
+    p.add_argument("--samples", type=Path, default=None, help="classify and score these saved samples instead of drawing")
     args = p.parse_args()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -87,10 +109,24 @@ def main() -> int:
     measured = {"sampler": f"ddim, {STEPS} steps, eta 0, EMA weights{clip}", "seed": args.seed,
                 "classifier": f"fashion_classifier (test accuracy {pretrained.read_card(classifier_path)['test_accuracy']})"}
 
-    n = args.fid_n if args.fid else args.n
-    start = time.perf_counter()
-    images = draw(model, schedule, info, n, scale, args.seed)
-    measured["sampling_seconds"] = round(time.perf_counter() - start, 1)
+    if args.samples is not None:
+        saved = read_samples(args.samples, path)
+        images = saved["images"].float() / 127.5 - 1
+        n = len(images)
+        measured.update(seed=saved["seed"], sampling_seconds=saved["sampling_seconds"],
+                        sampled_on=saved["machine"]["device_name"])
+    else:
+        n = args.fid_n if args.fid else args.n
+        start = time.perf_counter()
+        images = draw(model, schedule, info, n, scale, args.seed, device)
+        measured.update(sampling_seconds=round(time.perf_counter() - start, 1),
+                        sampled_on=machine_info(device)["device_name"])
+        if args.save_samples is not None:
+            torch.save({"images": to_uint8(images), "checkpoint_sha256": file_digest(path), "seed": args.seed,
+                        "sampler": measured["sampler"], "guidance_scale": scale,
+                        "sampling_seconds": measured["sampling_seconds"],
+                        "machine": json.loads(json.dumps(machine_info(device), default=str))},  # plain types
+                       args.save_samples)
     predicted = predicted_classes(classifier, images)
     num_classes = classifier.config.num_classes
     shares = torch.bincount(predicted, minlength=num_classes).double() / len(predicted)
@@ -107,11 +143,12 @@ def main() -> int:
     if args.fp32 is not None:
         reference, _, reference_info = load_model(args.fp32, ema=True)
         n_check = args.fp16_n
-        shipped_images, fp32_images = (draw(m, schedule, i, n_check, scale, args.seed + 1)
+        shipped_images, fp32_images = (draw(m, schedule, i, n_check, scale, args.seed + 1, device)
                                        for m, i in ((model, info), (reference, reference_info)))
         difference = (to_uint8(shipped_images).int() - to_uint8(fp32_images).int()).abs()
         shipped_classes, fp32_classes = (predicted_classes(classifier, x) for x in (shipped_images, fp32_images))
-        check = {"n": n_check, "max_pixel_difference_8bit": int(difference.max()),
+        check = {"n": n_check, "device": machine_info(device)["device_name"],
+                 "max_pixel_difference_8bit": int(difference.max()),
                  "mean_pixel_difference_8bit": round(float(difference.double().mean()), 4),
                  "classifier_agreement": round(float((shipped_classes == fp32_classes).double().mean()), 4)}
         if conditional:
@@ -127,15 +164,20 @@ def main() -> int:
         feature_seconds = time.perf_counter() - start
         reference = reference_stats(info["config"]["dataset"], "test", None, extractor=net,
                                     **_dataset_options(info["config"]))
-        fid = fid_from_stats(features.stats(), reference)
-        measured["fid"] = {"fid": round(fid.fid, 2), "n": fid.n_samples, "n_reference": fid.n_reference,
-                           "split": "test", "extractor": fid.extractor, "guidance_scale": scale,
-                           "feature_seconds": round(feature_seconds, 1), "frechet_seconds": round(fid.seconds, 1)}
+        for key, count in (("fid", args.fid_n), ("fid_10k", 10_000)):
+            if key == "fid_10k" and n < count:
+                continue
+            fid = fid_from_stats(features[:count].stats(), reference)
+            measured[key] = {"fid": round(fid.fid, 2), "n": fid.n_samples, "n_reference": fid.n_reference,
+                             "split": "test", "extractor": fid.extractor, "guidance_scale": scale,
+                             "feature_seconds": round(feature_seconds, 1), "frechet_seconds": round(fid.seconds, 1)}
     measured["machine"] = machine_info()
 
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text())
     card["measured"] = {**card.get("measured", {}), **measured}
+    if args.fid and "fid_10k" not in measured:
+        card["measured"].pop("fid_10k", None)  # an older FID-10k belongs to other samples
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps(measured, indent=1))
     return 0

@@ -74,7 +74,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     ("batch_size=abc", "batch_size"), ("batch_size=0", "batch_size"), ("batch_size=true", "batch_size"),
     ("batch_size=2.5", "batch_size"), ("lr=-1", "lr"), ("lr=.inf", "lr"), ("lr=fast", "lr"),
     ("weight_decay=-0.1", "weight_decay"), ("p_uncond=1.5", "p_uncond"), ("ema_decay=1", "ema_decay"),
-    ("precision=fp8", "precision"), ("prediction_type=score", "prediction_type"), ("max_steps=-5", "max_steps"),
+    ("precision=fp8", "precision"), ("prediction_type=score", "prediction_type"), ("max_steps=-5", "max_steps"), ("max_minutes=0", "max_minutes"),
     ("beta_start=0", "beta_start"), ("beta_end=1.5", "beta_end"), ("hflip=maybe", "hflip"),
     ("model_overrides=3", "model_overrides"), ("adam_betas=[0.9]", "adam_betas"), ("device=tpu", "device"),
     ("min_snr_gamma=0", "min_snr_gamma"), ("keep_last=0", "keep_last"), ("image_size=-8", "image_size"),

@@ -80,7 +80,8 @@ def test_claims_compare_ddpm_with_ddim_at_a_quarter_of_the_steps():
 
 @pytest.fixture(scope="module")
 def efficiency_run(tmp_path_factory):
-    """One run of the study on a tiny checkpoint: timing (two fresh processes), then quality, as two pieces."""
+    """One run of the study on a tiny checkpoint: timing (two fresh processes), one arm's samples drawn
+    alone (as on a GPU), then quality, as three pieces."""
     tmp = tmp_path_factory.mktemp("efficiency")
     checkpoint = tiny_checkpoint(tmp / "tiny.pt")
     out = tmp / "efficiency.json"
@@ -91,10 +92,11 @@ def efficiency_run(tmp_path_factory):
     try:
         with one_thread():
             assert efficiency.main(common + ["--parts", "timing", "--arms", "ddpm", "ddim5", "--batch", "2"]) == 0
-            assert efficiency.main(common + ["--parts", "quality", "--arms", "ddim5", "dpm4", "--n-fid", "12",
-                                             "--n-kid", "8", "--kid-reference", "10", "--fid-reference", "12",
-                                             "--fid-max-nfe", "4", "--extractor", "random-projection-64",
-                                             "--sample-batch", "6", "--clip-x0"]) == 0
+            sampling = ["--n-fid", "12", "--n-kid", "8", "--fid-max-nfe", "4", "--sample-batch", "6", "--clip-x0"]
+            assert efficiency.main(common + ["--parts", "samples", "--arms", "dpm4", *sampling]) == 0
+            assert efficiency.main(common + ["--parts", "quality", "--arms", "ddim5", "dpm4", *sampling,
+                                             "--kid-reference", "10", "--fid-reference", "12",
+                                             "--extractor", "random-projection-64"]) == 0
     finally:
         patch.undo()
     return tmp, checkpoint, out
@@ -124,7 +126,10 @@ def test_efficiency_quality_merges_pieces_and_labels_kid_and_fid(efficiency_run)
     assert quality["ddim5"]["fid"] is None and quality["ddim5"]["n_samples"] == 8  # 5 calls > --fid-max-nfe 4
     assert quality["dpm4"]["fid"]["n"] == 12 and quality["dpm4"]["fid"]["extractor"] == "random-projection-64"
     assert quality["dpm4"]["kid"]["n"] == 8 and quality["dpm4"]["kid"]["label"].startswith("KID-8")
-    assert data["quality"]["reference"]["kid_n"] == 10 and len(data["commands"]) == 2
+    assert data["quality"]["reference"]["kid_n"] == 10 and len(data["commands"]) == 3
+    for arm in quality.values():  # dpm4's samples came from the samples piece, with where they were drawn
+        assert arm["sampled_on"] == data["timing"]["arms"]["ddpm"]["machine"]["device_name"]
+        assert arm["sampling_seconds"] > 0
     assert len(list((tmp / "work").rglob("samples_*_clip_*.pt"))) == 2
     assert quality["dpm4"]["clip_x0"] and quality["ddim5"]["clip_x0"]  # as asked: x0 clipped at every step
 

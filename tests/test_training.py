@@ -197,6 +197,16 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert steps == list(range(1, total + 1))
 
 
+def test_max_minutes_stops_at_a_log_step_with_a_checkpoint_and_resume_continues_exactly(tmp_path):
+    out = tmp_path / "timed"
+    stopped = train(tiny_config(out, max_steps=1000, max_minutes=1e-9, log_every=2))  # out of time at once
+    assert stopped["step"] == 2 and stopped["checkpoint"] == str(ck.checkpoint_path(out, 2))
+    resumed = train(tiny_config(out, max_steps=4), resume=True)
+    straight = train(tiny_config(tmp_path / "straight", max_steps=4))
+    a, b = (dict(state_tensors(ck.load_checkpoint(r["checkpoint"]))) for r in (resumed, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(tiny_config(out, max_steps=2, checkpoint_every=2))
