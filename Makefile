@@ -2,7 +2,7 @@
 PYTHON ?= python3
 NB ?= notebooks/[0-9]*.ipynb
 
-.PHONY: install book test notebooks checkpoints assignments colab-check clean
+.PHONY: install book test notebooks checkpoints gpu-checkpoints assignments colab-check clean
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -29,6 +29,12 @@ notebooks: install
 # hours on 2 CPU cores, minutes on a GPU with DEVICE=cuda; FID=1 adds each model's FID-2k.
 checkpoints: install
 	PYTHON=$(PYTHON) DEVICE=$(or $(DEVICE),cpu) FID=$(or $(FID),0) bash scripts/train_checkpoints.sh
+
+# On a machine with a GPU (about 9 minutes on one H200; no install step: it needs torch, torchvision,
+# torchmetrics, PyYAML, tqdm and Fashion-MNIST under $DIFFUSION_DATA): train, ship, sample and time the
+# models into runs/gpu/pack; back here, `bash scripts/unpack_gpu_checkpoints.sh PACK [NAME ...]`.
+gpu-checkpoints:
+	PYTHON=$(PYTHON) bash scripts/gpu_checkpoints.sh
 
 # Student notebooks and autograders from every chapter's exercises (otter assign; offline, runs
 # nothing): assignments/student/<chapter>/, assignments/autograder/<chapter>/ (see book/teachers.md).

@@ -41,7 +41,8 @@ from .ema import ema_decay_at, make_ema
 
 # Config keys that may change on resume without changing the arithmetic of training.
 _BOOKKEEPING_KEYS = ("max_steps", "max_minutes", "output_dir", "progress", "checkpoint_every", "keep_last",
-                     "sample_every", "sample_n", "sample_steps", "sample_guidance_scale", "log_every", "num_workers", "tensorboard")
+                     "sample_every", "sample_n", "sample_steps", "sample_guidance_scale", "log_every", "num_workers",
+                     "tensorboard")
 
 
 class NonFiniteLossError(FloatingPointError):

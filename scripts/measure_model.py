@@ -89,7 +89,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where to sample: cpu, cuda[:i] or auto")
     p.add_argument("--save-samples", type=Path, default=None, help="also write the samples (uint8) to this .pt file")
-    p.add_argument("--samples", type=Path, default=None, help="classify and score these saved samples instead of drawing")
+    p.add_argument("--samples", type=Path, default=None,
+                   help="classify and score these saved samples instead of drawing")
     p.add_argument("--first", type=int, default=None, help="with --samples: only the first this many")
     args = p.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)

@@ -131,6 +131,9 @@ def efficiency(page: Page) -> str:
                       if claims["memory_measure"] == "rss_mib" else "") + "\n")
     out.append("Measured on: " + machines_line([v.get("machine") for v in [*timing.values(), *quality.values()]])
                + ".\n")
+    drawn = sorted({q["sampled_on"] for q in quality.values() if q.get("sampled_on")})
+    if drawn:
+        out.append(f"Quality samples drawn on: {', '.join(drawn)} (scored where the Inception weights are).\n")
     out.append(page_figure_efficiency(page, timing, quality))
     out.append("Commands: " + ", ".join(f"`{c}`" for c in dict.fromkeys(data.get("commands", []))) + ".\n")
     return "\n".join(out)
@@ -388,12 +391,15 @@ def model_cards(page: Page) -> str:
             f = measured["fp16_check"]
             facts.append(f"fp16 vs fp32: max {f['max_pixel_difference_8bit']}/255, classifier agrees on "
                          f"{100 * f['classifier_agreement']:.0f} %")
-        if "fid" in measured:
-            facts.append(f"FID {measured['fid']['fid']:.1f} ({measured['fid']['n']} samples)")
+        for key in ("fid", "fid_10k"):
+            if key in measured:
+                facts.append(f"FID {measured[key]['fid']:.1f} ({measured[key]['n']:,} samples)")
         wall = card.get("wall_time_s")
         rows.append([f"`{card['name']}`", f"{card.get('steps'):,}", num(wall / 60 if wall else None, 0),
                      card.get("weights", ""), num(card.get("size_bytes", 0) / 1e6, 1), "; ".join(facts) or "–"])
     out.append(table(["model", "steps", "wall time (min)", "weights", "MB", "measured"], rows) + "\n")
+    hardware = sorted({f"`{card['name']}`: {card['hardware']}" for card in cards if card.get("hardware")})
+    out.append("Trained on: " + "; ".join(hardware) + ".\n")
     scored = sorted((card["measured"]["fid"]["fid"], card) for card in cards if "fid" in card.get("measured", {}))
     if scored:
         first = scored[0][1]["measured"]["fid"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring what scripts/gpu_checkpoints.sh packed (its pack folder, copied back) into the repository: the
-# models and cards into checkpoints/, their samples into runs/gpu/samples/, the efficiency study's
+# models and cards into checkpoints/ (all, or the NAMEs given), their samples into runs/gpu/samples/, the efficiency study's
 # samples into runs/gpu/efficiency/. Then score them here, where the FID Inception weights are:
 #
 #   python scripts/measure_model.py fashion_ddpm_linear --samples runs/gpu/samples/fashion_ddpm_linear.pt --fid
@@ -8,9 +8,17 @@
 #       --sample-batch 1000 --work-dir runs/gpu/efficiency --fid-max-nfe inf
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACK=${1:?usage: bash scripts/unpack_gpu_checkpoints.sh PACK_FOLDER}
+PACK=${1:?usage: bash scripts/unpack_gpu_checkpoints.sh PACK_FOLDER [NAME ...]}
+shift
+NAMES=("$@")
 for archive in "$PACK"/*.tar.gz; do
     tar -xzf "$archive"
 done
-cp runs/gpu/ship/*.pt runs/gpu/ship/*.json checkpoints/
+if [ ${#NAMES[@]} = 0 ]; then
+    cp runs/gpu/ship/*.pt runs/gpu/ship/*.json checkpoints/
+else
+    for name in "${NAMES[@]}"; do
+        cp "runs/gpu/ship/$name.pt" "runs/gpu/ship/$name.json" checkpoints/
+    done
+fi
 ls -l checkpoints/ runs/gpu/samples/

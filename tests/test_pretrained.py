@@ -150,3 +150,26 @@ def test_a_second_trainer_waits_for_the_run_lock(tmp_path):
             assert not done  # blocked by the lock
         worker.join(timeout=60)
     assert done and done[0][2]["train"]["start_step"] == 2  # reused the finished run
+
+
+def test_saved_samples_are_read_back_only_for_their_checkpoint(tmp_path):
+    """scripts/measure_model.py: samples drawn on one machine (--save-samples) are scored on another
+    (--samples) only against the checkpoint that drew them."""
+    import importlib.util
+
+    from diffusion_lib.checkpoint import file_digest
+
+    script = Path(__file__).parents[1] / "scripts" / "measure_model.py"
+    spec = importlib.util.spec_from_file_location("measure_model", script)
+    measure_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_model)
+    drew, other = tmp_path / "drew.pt", tmp_path / "other.pt"
+    drew.write_bytes(b"one model")
+    other.write_bytes(b"another model")
+    samples = tmp_path / "samples.pt"
+    images = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+    torch.save({"images": images, "checkpoint_sha256": file_digest(drew), "seed": 0, "sampling_seconds": 1.0,
+                "machine": {"device_name": "a GPU"}}, samples)
+    assert torch.equal(measure_model.read_samples(samples, drew)["images"], images)
+    with pytest.raises(SystemExit, match="another checkpoint"):
+        measure_model.read_samples(samples, other)
