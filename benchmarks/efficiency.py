@@ -222,11 +222,16 @@ def features_for(arm: dict, images: torch.Tensor, net, args, folder: Path):
     return feats
 
 
+def sample_count(arm: dict, args) -> int:
+    """Samples an arm needs: for FID and KID, or for KID alone above ``--fid-max-nfe`` model calls."""
+    return max(args.n_fid, args.n_kid) if arm["nfe"] <= args.fid_max_nfe else args.n_kid
+
+
 def quality_one_arm(arm: dict, model, schedule, info, args, device, net, folder: Path, refs: dict) -> dict:
     from diffusion_lib.metrics import fid_from_stats, kid_from_features
 
     with_fid = arm["nfe"] <= args.fid_max_nfe
-    n = max(args.n_fid, args.n_kid) if with_fid else args.n_kid
+    n = sample_count(arm, args)
     images, origin = samples_for(arm, n, model, schedule, info, args, device, folder)
     start = time.perf_counter()
     feats = features_for(arm, images, net, args, folder)
@@ -378,9 +383,8 @@ def main(argv=None) -> int:
     folder = Path(args.work_dir) / digest[:12]
     if "samples" in args.parts:
         for arm in arms:
-            n = max(args.n_fid, args.n_kid) if arm["nfe"] <= args.fid_max_nfe else args.n_kid
-            print(f"samples {arm['arm']} ({n}) ...", flush=True)
-            samples_for(arm, n, model, schedule, info, args, device, folder)
+            print(f"samples {arm['arm']} ({sample_count(arm, args)}) ...", flush=True)
+            samples_for(arm, sample_count(arm, args), model, schedule, info, args, device, folder)
         write_results(out, data)  # the command, for the record
 
     if "quality" in args.parts:

@@ -110,7 +110,7 @@ measure fashion_ddpm_cosine "$RUNS/fashion_cosine" &
 measure fashion_latent_ddpm "$RUNS/fashion_latent" &
 measure fashion_cfg "$RUNS/fashion_latent_cfg" &
 EFFICIENCY=(benchmarks/efficiency.py --checkpoint "$RUNS/ship/fashion_ddpm_linear.pt" --clip-x0 --device "$DEVICE"
-            --sample-batch 1000 --n-fid "$N_FID" --n-kid "$N_KID" --work-dir "$RUNS/efficiency" --out "$RUNS/efficiency_cuda.json")
+            --sample-batch 1000 --n-fid "$N_FID" --n-kid "$N_KID" --work-dir "$RUNS/efficiency" --out "$RUNS/efficiency.json")
 timeout "$(left 90)" "$PYTHON" "${EFFICIENCY[@]}" --parts samples >> "$LOG" 2>&1
 wait
 echo "$(date +%T) samples drawn" >> "$LOG"
@@ -127,7 +127,7 @@ pack() {  # pack <archive> <files...>: a gzip'd tar, paths relative to the repos
 pack models_pixel.tar.gz "$RUNS"/ship/fashion_ddpm_*
 pack models_latent.tar.gz "$RUNS"/ship/fashion_vae.* "$RUNS"/ship/fashion_latent_ddpm.*
 pack models_cfg.tar.gz "$RUNS"/ship/fashion_cfg.* "$RUNS"/*.log "$RUNS"/*.command "$RUNS"/*/log.csv \
-    "$RUNS"/samples/*.log "$RUNS"/efficiency_cuda.json
+    "$RUNS"/samples/*.log "$RUNS"/efficiency.json
 pack samples_pixel.tar.gz "$RUNS"/samples/fashion_ddpm_*.pt
 pack samples_latent.tar.gz "$RUNS"/samples/fashion_latent_ddpm.pt "$RUNS"/samples/fashion_cfg.pt
 pack efficiency_samples.tar.gz "$RUNS"/efficiency

@@ -87,13 +87,13 @@ def main() -> int:
     p.add_argument("--fid-n", type=int, default=2000)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="where to sample: cpu, cuda[:i] or auto")
+    p.add_argument("--device", type=torch.device, default="cpu", help="where to sample: cpu or cuda[:i]")
     p.add_argument("--save-samples", type=Path, default=None, help="also write the samples (uint8) to this .pt file")
     p.add_argument("--samples", type=Path, default=None,
                    help="classify and score these saved samples instead of drawing")
     p.add_argument("--first", type=int, default=None, help="with --samples: only the first this many")
     args = p.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -127,7 +127,7 @@ def main() -> int:
             torch.save({"images": to_uint8(images), "checkpoint_sha256": file_digest(path), "seed": args.seed,
                         "sampler": measured["sampler"], "guidance_scale": scale,
                         "sampling_seconds": measured["sampling_seconds"],
-                        "machine": json.loads(json.dumps(machine_info(device), default=str))},  # plain types
+                        "machine": machine_info(device)},
                        args.save_samples)
     predicted = predicted_classes(classifier, images)
     num_classes = classifier.config.num_classes

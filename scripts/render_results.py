@@ -234,16 +234,13 @@ def schedule_comparison(page: Page) -> str:
                 row += [num(by[s].get(step, {}).get("fid"), 2) for s in cols]
             rows.append(row)
         out.append(table(header, rows) + "\n")
+        key, scale = ("fid", 1) if metric == "fid" else ("kid", 1000)
         common = [step for step in steps if all(step in by[s] for s in cols)]
         if len(cols) == 2 and common:
-            last = common[-1]
-            values = {s: by[s][last] for s in cols}
-            key = "fid" if metric == "fid" else "kid"
-            shown = {s: num(v.get(key), 2, 1 if key == "fid" else 1000) for s, v in values.items()}
-            out.append(f"At step {last:,}: {key.upper()}{' ×1000' if key == 'kid' else ''} linear {shown['linear']}, "
-                       f"cosine {shown['cosine']} (one seed per schedule).\n")
+            shown = {s: num(by[s][common[-1]].get(key), 2, scale) for s in cols}
+            out.append(f"At step {common[-1]:,}: {key.upper()}{' ×1000' if key == 'kid' else ''} linear "
+                       f"{shown['linear']}, cosine {shown['cosine']} (one seed per schedule).\n")
         fig, ax = plt.subplots(figsize=(4.5, 3.0))
-        key, scale = ("fid", 1) if metric == "fid" else ("kid", 1000)
         for s in cols:
             pts = sorted((p["step"], p[key] * scale) for p in by[s].values() if key in p)
             ax.plot(*zip(*pts), "o-", label=s)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Bring what scripts/gpu_checkpoints.sh packed (its pack folder, copied back) into the repository: the
-# models and cards into checkpoints/ (all, or the NAMEs given), their samples into runs/gpu/samples/, the efficiency study's
-# samples into runs/gpu/efficiency/. Then score them here, where the FID Inception weights are:
+# models and cards into checkpoints/ (all, or the NAMEs given), their samples into runs/gpu/samples/, the
+# efficiency study's samples into runs/gpu/efficiency/ and, when the linear model is among those copied,
+# its CUDA timing into benchmarks/results/efficiency.json. Then score them here, where the FID Inception
+# weights are (the quality part merges into the timing file):
 #
 #   python scripts/measure_model.py fashion_ddpm_linear --samples runs/gpu/samples/fashion_ddpm_linear.pt --fid
 #   python benchmarks/efficiency.py --pretrained fashion_ddpm_linear --clip-x0 --parts quality \
@@ -20,5 +22,8 @@ else
     for name in "${NAMES[@]}"; do
         cp "runs/gpu/ship/$name.pt" "runs/gpu/ship/$name.json" checkpoints/
     done
+fi
+if cmp -s runs/gpu/ship/fashion_ddpm_linear.pt checkpoints/fashion_ddpm_linear.pt; then
+    cp runs/gpu/efficiency.json benchmarks/results/efficiency.json
 fi
 ls -l checkpoints/ runs/gpu/samples/

@@ -76,7 +76,7 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": str(torch.__version__),
             "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
             "cpu": cpu, "cpu_threads": torch.get_num_threads(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
