@@ -15,6 +15,7 @@ moment leaves either the old file or the new one, never half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -72,16 +73,20 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path):
+    """Open a binary file that becomes ``path`` only when the block ends without an exception.
+
+    The bytes go to a temporary file in the same folder, which is flushed, fsync'ed and renamed over
+    ``path`` (``os.replace``); an exception (a failed download, a checksum mismatch) deletes it instead.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,7 +95,13 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as f:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

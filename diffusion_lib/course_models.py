@@ -1,8 +1,8 @@
 """The VAE, latent and guided models and the classifier of chapters 7–8: shipped, or trained here.
 
 Like :func:`diffusion_lib.pretrained.load_or_train` for the pixel models: a chapter takes the shipped
-model (``checkpoints/<name>.pt``, see :mod:`diffusion_lib.pretrained`) when there is one and the
-profile is not ``smoke``, and otherwise trains the configuration below for its profile, in
+model (``checkpoints/<name>.pt``, or fetched: see :mod:`diffusion_lib.pretrained`) when there is one
+and the profile is ``cpu``, and otherwise trains the configuration below for its profile, in
 ``runs/<name>-<profile>-<hash>/`` (reused and resumed like any run). Every configuration goes
 through ``python -m diffusion_lib train``'s code path, so what a notebook trains is what the command
 line trains.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import TrainConfig, validate_config
 from .data import dataset_info
-from .pretrained import find_checkpoint, run_dir
+from .pretrained import find_checkpoint, run_dir, shipped_checkpoint
 from .profiles import check_profile
 
 _COMMON = dict(seed=0, sample_every=0, tensorboard=False, weight_decay=0.0, grad_clip=None)
@@ -122,8 +122,7 @@ def load_or_train_vae(profile: str, config: TrainConfig | None = None, *, device
     """(VAE, path of its file, source) — the shipped ``fashion_vae`` (cpu profile) or one trained here."""
     from .latent import load_vae
 
-    shipped = find_checkpoint("fashion_vae")
-    if check_profile(profile) == "cpu" and shipped is not None:
+    if check_profile(profile) == "cpu" and (shipped := shipped_checkpoint("fashion_vae")) is not None:
         return load_vae(shipped, device=device), shipped, "shipped"
     summary = _run("fashion_vae", config or vae_config(profile), profile, output_dir)
     path = Path(summary["output_dir"]) / "vae.pt"
@@ -135,8 +134,7 @@ def load_or_train_classifier(profile: str, config: TrainConfig | None = None, *,
     from .checkpoint import load_checkpoint
     from .classifier_training import load_classifier
 
-    shipped = find_checkpoint("fashion_classifier")
-    if check_profile(profile) == "cpu" and shipped is not None:
+    if check_profile(profile) == "cpu" and (shipped := shipped_checkpoint("fashion_classifier")) is not None:
         return load_classifier(shipped, device=device), load_checkpoint(shipped).get("test_accuracy"), "shipped"
     summary = _run("fashion_classifier", config or classifier_config(profile), profile, output_dir)
     path = Path(summary["output_dir"]) / "classifier.pt"
@@ -152,7 +150,7 @@ def load_or_train_latent(name: str, profile: str, config: TrainConfig, *, datase
     from .checkpoint import load_model
     from .pretrained import load_pretrained
 
-    if check_profile(profile) == "cpu" and find_checkpoint(name) is not None:
+    if check_profile(profile) == "cpu" and shipped_checkpoint(name) is not None:
         return load_pretrained(name, device=device)
     summary = _run(name, config, profile, output_dir, dataset)
     model, schedule, info = load_model(summary["checkpoint"], device=device)
