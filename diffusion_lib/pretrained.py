@@ -146,6 +146,7 @@ def fetch_checkpoint(name: str, *, progress: bool = True) -> Path:
     _check_name(name)
     if name not in manifest():
         raise ValueError(f"name must be a shipped model ({', '.join(manifest())}) to be fetched; got {name!r}")
+
     def fetch(item: dict) -> Path:
         return download.fetch(checkpoints_url() + item["file"], cache_dir() / item["file"], sha256=item["sha256"],
                               size=item["size"], progress=progress)
