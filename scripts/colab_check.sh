@@ -67,13 +67,14 @@ start=$SECONDS
   --output executed.ipynb 05_ddim.ipynb)
 echo "chapter 05 took $((SECONDS - start)) s"
 (cd /tmp && "$py" - "$work" <<'EOF'
-import hashlib, json, sys
+import hashlib, sys
 from pathlib import Path
+import nbformat
 from diffusion_lib import pretrained
 
 work = Path(sys.argv[1])
-nb = json.loads((work / "content" / "executed.ipynb").read_text())
-text = "".join(out.get("text", "") for cell in nb["cells"] if cell["cell_type"] == "code" for out in cell["outputs"])
+nb = nbformat.read(work / "content" / "executed.ipynb", as_version=4)
+text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
 assert "Everything below uses the shipped model fashion_ddpm_linear" in text, "chapter 05 did not use the shipped model"
 assert "could not be fetched" not in text
 entry = pretrained.manifest()["fashion_ddpm_linear"]
