@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         args.exercises.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(made["student"], args.exercises / made["student"].name)
         print(f"{path.stem}: {made['student'].relative_to(args.out.resolve().parent)}, "
-              f"{made['zip'].relative_to(args.out.resolve().parent)}")
+              f"{made['zip'].relative_to(args.out.resolve().parent)}, {args.exercises / made['student'].name}")
     return 0
 
 
