@@ -43,9 +43,12 @@ def test_the_repository_url_is_kept_in_one_place():
     assert (book["url"], book["branch"]) == (url, branch)
     owner_repo = url.removeprefix("https://github.com/")
     colab = re.compile(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/([\w.-]+)/")
-    texts = [REPO / "README.md", *sorted((REPO / "notebooks").glob("*.ipynb")), *sorted((REPO / "book").glob("*.md"))]
-    links = [m.groups() for path in texts for m in colab.finditer(path.read_text())]
-    assert links and set(links) == {(owner_repo, branch)}
+    install = re.compile(r"git\+https://github\.com/([\w.-]+/[\w.-]+)@([\w.-]+)")
+    texts = [REPO / "README.md", *sorted((REPO / "book").glob("*.md")),
+             *sorted((REPO / "notebooks").glob("*.ipynb")), *sorted(REPO.glob("exercises/*.ipynb"))]
+    for pattern in (colab, install):
+        found = [m.groups() for path in texts for m in pattern.finditer(path.read_text())]
+        assert found and set(found) == {(owner_repo, branch)}
     assert url not in (REPO / "scripts" / "colab_check.sh").read_text()  # the script reads repository.py
 
 
