@@ -30,7 +30,7 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
 # Subcommands provided by other modules, imported on use: name -> module with register_cli(register).
-PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.metrics"}
+PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.pipelines.evaluate"}
 
 
 def register_subcommand(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
@@ -50,7 +50,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .training.config import load_config
     from .training import train
 
     overrides = [item for group in args.overrides for item in group]
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
-    from .training import NonFiniteLossError
+    from .training.trainer import NonFiniteLossError
 
     try:
         return SUBCOMMANDS[args.command].run(args) or 0

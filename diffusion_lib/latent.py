@@ -71,7 +71,7 @@ def load_vae(path: str | Path, *, ema: bool = True, device: str | torch.device =
         raise CheckpointError(
             f"VAE checkpoint {str(path)!r} has no latent scale: it was saved before the scale was measured "
             f"(an intermediate training checkpoint). Use the run's vae.pt or final checkpoint, or measure it: "
-            f"diffusion_lib.vae_training.store_latent_scale({str(path)!r}, dataset)")
+            f"diffusion_lib.training.tasks.vae.store_latent_scale({str(path)!r}, dataset)")
     return vae.to(device).eval()
 
 
@@ -166,7 +166,7 @@ def dataset_fingerprint(dataset) -> str | None:
     In-memory images (Fashion-MNIST, CIFAR-10, shapes) hash their bytes; an image folder hashes its
     file names, sizes, modification times and the image size.
     """
-    from .data import ImageFolderDataset, ImageTensorDataset
+    from .data.datasets import ImageFolderDataset, ImageTensorDataset
 
     h = hashlib.sha256()
     if isinstance(dataset, ImageTensorDataset):
@@ -199,7 +199,7 @@ def _atomic_save(obj, path: Path) -> None:
 def encode_images(vae, images, *, batch_size: int = 256, device=None, progress: bool = False) -> torch.Tensor:
     """Scaled posterior-mean latents of ``images`` ((N, C, H, W) in [-1, 1], or an iterable of
     batches or (images, labels) pairs), as one float32 CPU tensor."""
-    from .metrics.images import count_images, iter_batches, to_float
+    from .data.images import count_images, iter_batches, to_float
 
     vae, _ = _resolve_vae(vae, device)
     device = torch.device(device) if device is not None else next(vae.parameters()).device

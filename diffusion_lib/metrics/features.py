@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .images import count_images, iter_batches, to_uint8
+from ..data.images import count_images, iter_batches, to_uint8
 from .inception import FeatureExtractor, InceptionTorchmetrics, InceptionTorchScript, offline_weights_path
 
 OFFLINE = InceptionTorchScript.name

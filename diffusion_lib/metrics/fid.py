@@ -16,7 +16,7 @@ from torch import nn
 
 from .features import FeatureSet, device_of, extract_features, get_extractor
 from .frechet import FeatureStats, frechet_distance, frechet_distance_features, frechet_distance_sqrtm
-from .images import iter_batches, to_uint8
+from ..data.images import iter_batches, to_uint8
 
 MIN_FID_SAMPLES = 10_000
 FID_METHODS = ("auto", "eigh", "svd", "sqrtm", "torchmetrics")

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .features import device_of
-from .images import count_images, iter_batches, to_float, to_uint8
+from ..data.images import count_images, iter_batches, to_float, to_uint8
 from .inception import torchmetrics_inception_net
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cache import reference_features, reference_stats
-from .features import extract_features, get_extractor
-from .fid import fid_from_features, fid_from_stats, kid_from_features
+from ..metrics.cache import reference_features, reference_stats
+from ..metrics.features import extract_features, get_extractor
+from ..metrics.fid import fid_from_features, fid_from_stats, kid_from_features
 
 METRICS = ("fid", "kid")
 

@@ -76,7 +76,7 @@ def sample_classes(model, schedule, labels: torch.Tensor, *, guidance_scale: flo
                    **sampler_kwargs) -> torch.Tensor:
     """Guided samples of the given labels, batched; the noise is a function of ``seed`` only, so every
     scale starts from the same x_T. Returns images in [-1, 1] on the CPU (decoded when ``decode``)."""
-    from .samplers import classifier_free_guidance, sample
+    from ..samplers import classifier_free_guidance, sample
 
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -136,7 +136,7 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
         fid_scales, fid_reference, fid_extractor: FID of that scale's samples against
             ``fid_reference`` (FeatureStats, FeatureSet or images), e.g. FID-2k at s = 0, 1, 3.
     """
-    from .metrics import (
+    from ..metrics import (
         class_accuracy,
         classifier_features,
         fid,

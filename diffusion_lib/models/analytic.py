@@ -48,7 +48,7 @@ import math
 
 import torch
 
-from .schedules import PREDICTION_TYPES, NoiseSchedule
+from ..schedules import PREDICTION_TYPES, NoiseSchedule
 
 __all__ = ["AnalyticDenoiser", "GaussianDenoiser", "MixtureDenoiser"]
 

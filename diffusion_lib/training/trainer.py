@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt_io
+from .. import checkpoint as ckpt_io
 from .config import ConfigError, TrainConfig, config_to_dict, validate_config
-from .data_order import DataOrder, StepRandom
+from .randomness import DataOrder, StepRandom
 from .distributed import DistInfo, all_mean, barrier, close_distributed, gather_objects, init_distributed
 from .ema import ema_decay_at, make_ema
 
@@ -121,7 +121,7 @@ def train_step(model: torch.nn.Module, schedule, optimizer: torch.optim.Optimize
 # ----------------------------------------------------------------------- building from a config
 def build_schedule(config: TrainConfig):
     """The NoiseSchedule a config describes (beta_start/beta_end go to schedules that take them)."""
-    from .schedules import NoiseSchedule
+    from ..schedules import NoiseSchedule
 
     constructor = getattr(NoiseSchedule, config.schedule, None) if not config.schedule.startswith("_") else None
     if constructor is None or config.schedule in ("from_name", "from_betas", "from_dict"):
@@ -149,7 +149,7 @@ def build_model_config(config: TrainConfig, dataset_info=None):
     ``class_conditional`` sets ``num_classes`` from the dataset (unless overridden); an
     unconditional config drops the preset's classes.
     """
-    from .models import UNetConfig
+    from ..models import UNetConfig
 
     overrides = dict(config.model_overrides)
     if "num_classes" not in overrides:
@@ -233,7 +233,7 @@ class Trainer:
 
     Arguments: the config (optimiser, precision, checkpoints, logging), the model, a dataset of
     (image, label) pairs, ``loss_fn(model, x, y, rng) -> scalar loss`` where ``rng`` is the step's
-    :class:`~diffusion_lib.data_order.StepRandom`, ``extra_state`` (plain values stored in every
+    :class:`~diffusion_lib.training.randomness.StepRandom`, ``extra_state`` (plain values stored in every
     checkpoint, e.g. the model config), and an optional ``sample_fn(model, generator) -> images in
     [-1, 1]`` for sample grids. The VAE of the latent-diffusion chapter trains with it too.
     """
@@ -410,7 +410,7 @@ class Trainer:
         path = self.output_dir / "samples" / f"step_{self.step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.config.vae is not None:  # latent diffusion: show the decoded images, not the latents
-            from .latent import decode_latents
+            from ..latent import decode_latents
             images = decode_latents(images, self.config.vae, device=self.device)
         images = images[:, :3].float().clamp(-1, 1)  # latents given as a dataset: their first 3 channels
         nrow = getattr(self.sample_fn, "nrow", None) or math.ceil(math.sqrt(len(images)))
@@ -420,7 +420,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- the loop
     def _batches(self):
         """(x, y) batches of this process's share, in the order of ``self.order``."""
-        from .data import ImageTensorDataset, to_float
+        from ..data.datasets import ImageTensorDataset, to_float
 
         if type(self.dataset) is ImageTensorDataset and not self.dataset.hflip:
             # In-memory uint8 images: index whole batches (on the GPU when training there) instead
@@ -549,7 +549,7 @@ def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable
     """Sample grids with DDIM (``sample_steps`` steps) from the EMA model, one row per class if conditional."""
 
     def sample_fn(model, generator):
-        from .samplers import classifier_free_guidance, sample
+        from ..samplers import classifier_free_guidance, sample
 
         n = config.sample_n
         shape = (n, model_config.in_channels, model_config.image_size, model_config.image_size)
@@ -568,7 +568,7 @@ def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable
 def _latent_dataset(dataset, config: TrainConfig, device: torch.device):
     """The dataset encoded to scaled VAE latents (latent diffusion, Rombach et al. 2022)."""
     try:
-        from .latent import encode_dataset
+        from ..latent import encode_dataset
     except ImportError as e:
         raise ConfigError(f"config key 'vae' needs diffusion_lib.latent.encode_dataset (latent diffusion), "
                           f"which is not available: {e}") from e
@@ -591,14 +591,14 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
         device = resolve_device(config, dist_info)
         resolve_precision(config.precision, device)  # fail before loading data
         if config.task != "diffusion":  # the VAE and the classifier train with the same Trainer
-            from .classifier_training import train_classifier
-            from .vae_training import train_vae
+            from .tasks.classifier import train_classifier
+            from .tasks.vae import train_vae
             task = train_vae if config.task == "vae" else train_classifier
             return task(config, resume=resume, dataset=dataset, dist_info=dist_info, device=device)
         schedule = build_schedule(config)
         info = None
         if dataset is None:
-            from .data import dataset_info, load_dataset
+            from ..data.datasets import dataset_info, load_dataset
             info = dataset_info(config.dataset)
         if model is None:
             model_config = build_model_config(config, info)
@@ -620,7 +620,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
             what = "the given dataset"
         _check_item_shape(dataset, image_shape, what)
         if model is None:
-            from .models import UNet
+            from ..models import UNet
             torch.manual_seed(config.seed)  # the same initial weights on every process
             model = UNet(model_config)
         null_label = model_config.num_classes

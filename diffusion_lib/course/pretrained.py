@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import latest_checkpoint, load_model
-from .config import TrainConfig, config_to_dict, validate_config
-from .profiles import check_profile
+from ..checkpoint import latest_checkpoint, load_model
+from ..training.config import TrainConfig, config_to_dict, validate_config
+from ..profiles import check_profile
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
 
@@ -188,7 +188,7 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
     :func:`~diffusion_lib.training.train`; its ``start_step`` equals ``step`` when a finished run
     was reused).
     """
-    from .training import train
+    from ..training import train
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (see notebook_config), got {type(config).__name__}")

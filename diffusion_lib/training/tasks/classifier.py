@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt_io
-from .config import ConfigError, TrainConfig
+from ... import checkpoint as ckpt_io
+from ..config import ConfigError, TrainConfig
 
 MODEL_NAME = "classifier"
 
 
 def build_classifier_config(config: TrainConfig, dataset_info=None):
     """ClassifierConfig from ``model_overrides``, with in_channels, image_size and num_classes from the data."""
-    from .models import ClassifierConfig
+    from ...models import ClassifierConfig
 
     if config.model != MODEL_NAME:
         raise ConfigError(f"config key 'model' must be {MODEL_NAME!r} when task is 'classifier' (its fields come "
@@ -68,7 +68,7 @@ def dataset_accuracy(model, dataset, *, batch_size: int = 500, device=None) -> f
 
 def load_classifier(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"):
     """The Classifier of a checkpoint written with ``task: classifier`` (or its ``classifier.pt``), in eval mode."""
-    from .models import Classifier, ClassifierConfig
+    from ...models import Classifier, ClassifierConfig
 
     state = ckpt_io.load_checkpoint(path)
     if "classifier_config" not in state:
@@ -83,10 +83,10 @@ def load_classifier(path: str | Path, *, ema: bool = True, device: str | torch.d
 def train_classifier(config: TrainConfig, *, resume=False, dataset=None, dist_info=None, device=None) -> dict:
     """Train the classifier as ``config`` says; returns the Trainer's summary plus ``test_accuracy``
     (EMA weights, whole test split) and ``classifier`` (the exported file)."""
-    from .data import dataset_info, load_dataset
-    from .distributed import DistInfo
-    from .models import Classifier
-    from .training import Trainer
+    from ...data import dataset_info, load_dataset
+    from ..distributed import DistInfo
+    from ...models import Classifier
+    from ..trainer import Trainer
 
     dist_info = dist_info or DistInfo()
     info = dataset_info(config.dataset) if dataset is None else None

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt_io
-from .config import ConfigError, TrainConfig
+from ... import checkpoint as ckpt_io
+from ..config import ConfigError, TrainConfig
 
 SCALE_IMAGES = 10_000  # training images the latent scale is measured on
 TEST_IMAGES = 2_000  # test images for the reconstruction PSNR stored in vae.pt
@@ -28,7 +28,7 @@ TEST_IMAGES = 2_000  # test images for the reconstruction PSNR stored in vae.pt
 
 def build_vae_config(config: TrainConfig, dataset_info=None):
     """The VAEConfig of ``model`` (a VAE preset) and ``model_overrides``, checked against the data."""
-    from .models import VAE_PRESETS, VAEConfig
+    from ...models import VAE_PRESETS, VAEConfig
 
     if config.model not in VAE_PRESETS:
         raise ConfigError(f"config key 'model' must name a VAE preset when task is 'vae'; available: "
@@ -49,7 +49,7 @@ def build_vae_config(config: TrainConfig, dataset_info=None):
 
 def vae_loss_fn(config: TrainConfig):
     """The Trainer's loss: flips from the step's rng, a posterior sample, reconstruction + β·KL."""
-    from .models import vae_loss
+    from ...models import vae_loss
 
     def loss_fn(model, x, y, rng):
         if config.hflip:
@@ -79,7 +79,7 @@ def _images(dataset, n: int) -> torch.Tensor:
 @torch.no_grad()
 def vae_report(vae, test_images: torch.Tensor, batch_size: int = 250) -> dict:
     """Reconstruction PSNR (dB), KL per image and the latent statistics of ``test_images``."""
-    from .latent import reconstruction_psnr
+    from ...latent import reconstruction_psnr
 
     vae.eval()
     dev = vae.latent_scale.device
@@ -100,7 +100,7 @@ def store_latent_scale(path: str | Path, dataset, *, num_images: int = SCALE_IMA
                        batch_size: int = 250) -> float:
     """Measure the latent scale of a VAE checkpoint's EMA weights on ``dataset`` and write it into the
     file (atomically); returns the scale. For checkpoints saved before the scale was measured."""
-    from .models import VAE, VAEConfig, measure_latent_scale
+    from ...models import VAE, VAEConfig, measure_latent_scale
 
     state = ckpt_io.load_checkpoint(path)
     if "vae_config" not in state:
@@ -133,10 +133,10 @@ def train_vae(config: TrainConfig, *, resume=False, dataset=None, dist_info=None
 
     Returns the Trainer's summary plus ``latent_scale``, ``vae`` (the exported file) and ``report``.
     """
-    from .data import dataset_info, load_dataset
-    from .distributed import DistInfo
-    from .models import VAE
-    from .training import Trainer
+    from ...data import dataset_info, load_dataset
+    from ..distributed import DistInfo
+    from ...models import VAE
+    from ..trainer import Trainer
 
     dist_info = dist_info or DistInfo()
     info = None
@@ -166,7 +166,7 @@ def train_vae(config: TrainConfig, *, resume=False, dataset=None, dist_info=None
         return {**result, "latent_scale": state["latent_scale"], "vae": str(out), "report": state["report"]}
     final = Path(result["checkpoint"])
     scale = store_latent_scale(final, dataset, device=trainer.device)
-    from .latent import load_vae
+    from ...latent import load_vae
 
     report = {}
     if info is not None:  # a named dataset: reconstruction numbers on its test split
