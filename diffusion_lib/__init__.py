@@ -7,8 +7,8 @@ from .data import DatasetInfo, dataset_info, load_dataset, toy_2d
 from .models import (VAE, Classifier, ClassifierConfig, UNet, UNetConfig, VAEConfig, measure_latent_scale,
                      vae_loss)
 from .training import TrainConfig, load_config, train
-from .training.trainer import diffusion_loss, train_step
+from .objective import diffusion_loss, train_step
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .latent import decode_latents, encode_dataset, latent_unet_config, load_vae
 from .pipelines.guidance_sweep import guidance_sweep
-from .training.tasks.classifier import load_classifier
+from .checkpoint import load_classifier

@@ -34,9 +34,10 @@ from pathlib import Path
 
 import nbformat
 import yaml
-from assignment_cells import assignment_config, is_config_cell
-from notebook_rules import ROOT, notebook_paths
 from packaging.requirements import Requirement
+
+from diffusion_lib.course.assignment_cells import assignment_config, is_config_cell
+from diffusion_lib.course.notebook_rules import ROOT, notebook_paths
 
 
 def otter_requirement(name: str) -> str:

@@ -21,11 +21,14 @@ import nbformat
 import pytest
 
 pytest.importorskip("otter", reason="otter-grader (requirements.txt) builds the assignments; Colab lacks it")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from assignment_cells import exercise_problems, questions  # noqa: E402
-from grade_assignments import course_environment, grade  # noqa: E402
-from make_assignments import assignment_notebooks, make_assignment  # noqa: E402
+from _scripts import ROOT, load_script  # noqa: E402
+
+from diffusion_lib.course.assignment_cells import exercise_problems, questions  # noqa: E402
+
+grade_assignments = load_script(ROOT / "scripts" / "grade_assignments.py", "grade_assignments")
+make_assignments = load_script(ROOT / "scripts" / "make_assignments.py", "make_assignments")
+course_environment, grade = grade_assignments.course_environment, grade_assignments.grade
+assignment_notebooks, make_assignment = make_assignments.assignment_notebooks, make_assignments.make_assignment
 
 CHAPTERS = assignment_notebooks()
 CHECK = re.compile(r'^grader\.check\("([^"]+)"\)$')

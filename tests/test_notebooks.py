@@ -1,14 +1,12 @@
 """Static checks of the chapter notebooks (their execution is tested by `pytest --nbval notebooks/`)."""
 
-import sys
-from pathlib import Path
-
 import nbformat
 import pytest
+from _scripts import ROOT, load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from notebook_rules import check_notebook, first_cell_source, notebook_paths  # noqa: E402
-from sync_first_cell import sync  # noqa: E402
+from diffusion_lib.course.notebook_rules import check_notebook, first_cell_source, notebook_paths
+
+sync = load_script(ROOT / "scripts" / "sync_first_cell.py", "sync_first_cell").sync
 
 
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)

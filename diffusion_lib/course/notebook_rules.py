@@ -36,6 +36,16 @@ RUN_DEPENDENT = {
 }
 
 
+def kernel_environment(profile: str) -> dict[str, str]:
+    """The environment of a chapter's kernel, the same under nbval and when the outputs are committed."""
+    return {
+        "DIFFUSION_PROFILE": profile,
+        # figures as inline PNG outputs even where MPLBACKEND=Agg is set for scripts
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "PYTHONHASHSEED": "0",
+    }
+
+
 def notebook_paths() -> list[Path]:
     """The chapter notebooks: notebooks/NN_name.ipynb."""
     return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from ..checkpoint import latest_checkpoint, load_model
-from ..training.config import TrainConfig, config_to_dict, validate_config
 from ..profiles import check_profile
+from ..training.config import TrainConfig, config_to_dict, validate_config
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
 
@@ -48,7 +48,7 @@ def checkpoint_dirs() -> list[Path]:
     env = os.environ.get(CHECKPOINTS_ENV, "").strip()
     if env:
         dirs.append(Path(env).expanduser())
-    dirs.append(Path(__file__).resolve().parent.parent / "checkpoints")  # the repository's folder
+    dirs.append(Path(__file__).resolve().parents[2] / "checkpoints")  # the repository's folder
     dirs.append(Path.home() / ".cache" / "diffusion_lib" / "checkpoints")
     return dirs
 
