@@ -190,6 +190,15 @@ def weights_key(state: dict, ema: bool, path: str | Path) -> str:
     return which
 
 
+def _load_kind(path: str | Path, keys: tuple[str, ...], kind: str, ema: bool) -> tuple[dict, str]:
+    """A checkpoint's state, checked to hold ``keys`` (else it is not a ``kind`` checkpoint), and which weights to load."""
+    state = load_checkpoint(path)
+    for key in keys:
+        if key not in state:
+            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r}: {kind}")
+    return state, weights_key(state, ema, path)
+
+
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"
                ) -> tuple[torch.nn.Module, Any, dict]:
     """Rebuild the UNet and NoiseSchedule of a training checkpoint, in eval mode on ``device``.
@@ -201,11 +210,7 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     from .models import UNet, UNetConfig
     from .schedules import NoiseSchedule
 
-    ckpt = load_checkpoint(path)
-    for key in ("model_config", "schedule"):
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r}: not a diffusion checkpoint")
-    which = weights_key(ckpt, ema, path)
+    ckpt, which = _load_kind(path, ("model_config", "schedule"), "not a diffusion checkpoint", ema)
     model_config = UNetConfig.from_dict(ckpt["model_config"])
     model = UNet(model_config)
     model.load_state_dict(ckpt[which])  # copies into float32 parameters even from fp16 weights
@@ -236,11 +241,8 @@ def load_vae(path: str | Path, *, ema: bool = True, device: str | torch.device =
     """
     from .models import VAE, VAEConfig
 
-    state = load_checkpoint(path)
-    if "vae_config" not in state:
-        raise CheckpointError(f"checkpoint file {str(path)!r} has no 'vae_config': it is not a VAE checkpoint "
-                              f"(a UNet checkpoint loads with diffusion_lib.load_model)")
-    which = weights_key(state, ema, path)
+    state, which = _load_kind(path, ("vae_config",), "it is not a VAE checkpoint (a UNet checkpoint loads with "
+                              "diffusion_lib.load_model)", ema)
     vae = VAE(VAEConfig.from_dict(state["vae_config"]))
     vae.load_state_dict(state[which])  # fp16 weights are copied into float32 parameters
     if require_scale and not vae.has_latent_scale:
@@ -255,11 +257,7 @@ def load_classifier(path: str | Path, *, ema: bool = True, device: str | torch.d
     """The Classifier of a checkpoint written with ``task: classifier`` (or its ``classifier.pt``), in eval mode."""
     from .models import Classifier, ClassifierConfig
 
-    state = load_checkpoint(path)
-    if "classifier_config" not in state:
-        raise CheckpointError(f"checkpoint file {str(path)!r} has no 'classifier_config': "
-                              f"not a classifier checkpoint")
-    which = weights_key(state, ema, path)
+    state, which = _load_kind(path, ("classifier_config",), "not a classifier checkpoint", ema)
     model = Classifier(ClassifierConfig.from_dict(state["classifier_config"]))
     model.load_state_dict(state[which])
     return model.to(device).eval()

@@ -80,6 +80,24 @@ class ImageTensorDataset(Dataset):
             x = x.flip(-1)
         return x, int(self.labels[i])
 
+    @property
+    def can_index_batches(self) -> bool:
+        """Whether :meth:`batches` gives what a DataLoader would (not with per-item random flips)."""
+        return not self.hflip
+
+    def batches(self, batch_sampler, device: torch.device):
+        """(x, y) batches of the index lists ``batch_sampler`` yields, indexed whole (on the GPU when training
+        there) instead of collated item by item; the same values as the DataLoader path."""
+        images, labels = self.images, self.labels
+        on_gpu = device.type == "cuda" and images.numel() < 2**31
+        if on_gpu:
+            images, labels = images.to(device), labels.to(device)
+        for indices in batch_sampler:
+            idx = torch.tensor(indices)
+            if on_gpu:  # pinned + non_blocking: the copy does not wait for the previous step's kernels
+                idx = idx.pin_memory().to(device, non_blocking=True)
+            yield to_float(images[idx]), labels[idx]
+
 
 class ImageFolderDataset(Dataset):
     """Image files decoded on access: shorter side resized to `image_size` (bicubic, antialiased),

@@ -21,8 +21,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt_io
-from ..data.datasets import ImageTensorDataset
-from ..data.images import to_float
 from ..device import pick_device, resolve_precision
 from .config import ConfigError, TrainConfig, config_to_dict
 from .distributed import DistInfo, all_mean, barrier, gather_objects
@@ -240,18 +238,8 @@ class Trainer:
     # ------------------------------------------------------------------------------- the loop
     def _batches(self):
         """(x, y) batches of this process's share, in the order of ``self.order``."""
-        if type(self.dataset) is ImageTensorDataset and not self.dataset.hflip:
-            # In-memory uint8 images: index whole batches (on the GPU when training there) instead
-            # of collating single items; the same values as the DataLoader path.
-            images, labels = self.dataset.images, self.dataset.labels
-            on_gpu = self.device.type == "cuda" and images.numel() < 2**31
-            if on_gpu:
-                images, labels = images.to(self.device), labels.to(self.device)
-            for indices in self.order:
-                idx = torch.tensor(indices)
-                if on_gpu:  # pinned + non_blocking: the copy does not wait for the previous step's kernels
-                    idx = idx.pin_memory().to(self.device, non_blocking=True)
-                yield to_float(images[idx]), labels[idx]
+        if getattr(self.dataset, "can_index_batches", False):  # in-memory images: whole batches at once
+            yield from self.dataset.batches(self.order, self.device)
         else:
             yield from torch.utils.data.DataLoader(self.dataset, batch_sampler=self.order,
                                                    num_workers=self.config.num_workers,
