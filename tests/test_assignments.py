@@ -101,6 +101,11 @@ def submission_with_one_wrong_answer(student: Path, solutions: Path, out: Path) 
     return out / student.name, wrong
 
 
+def grade_in_worker(notebook: Path, autograder_zip: Path):
+    # A spawned worker finds this module's functions by name (tests/ is on its path), not the script's.
+    return grade(notebook, autograder_zip)
+
+
 def run_as_student(notebook: Path, folder: Path):
     """Execute a copy of ``notebook`` alone in ``folder`` (as on Colab: no tests/ beside it)."""
     from nbclient import NotebookClient
@@ -148,11 +153,11 @@ def assignments(generated):
             if isinstance(chapter_files, Exception):
                 continue
             futures[chapter, "student"] = pool.submit(run_as_student, chapter_files["student"], out / "student_run" / chapter)
-            futures[chapter, "solutions"] = pool.submit(grade, chapter_files["autograder"], chapter_files["zip"])
+            futures[chapter, "solutions"] = pool.submit(grade_in_worker, chapter_files["autograder"], chapter_files["zip"])
             try:
                 wrong_nb, chapter_files["wrong_question"] = submission_with_one_wrong_answer(
                     chapter_files["student"], chapter_files["autograder"], out / "wrong" / chapter)
-                futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, chapter_files["zip"])
+                futures[chapter, "wrong"] = pool.submit(grade_in_worker, wrong_nb, chapter_files["zip"])
             except Exception as error:  # noqa: BLE001  (reported by the test that reads it)
                 results[chapter, "wrong"] = error
     for key, future in futures.items():
