@@ -1,4 +1,4 @@
-"""Latent diffusion (Rombach et al. 2022): VAE checkpoints, cached latents, decoding.
+"""Latent diffusion (Rombach et al. 2022): images to scaled latents (cached) and back, and the UNet that takes them.
 
 The diffusion model of latent diffusion never sees pixels. A trained VAE maps each image to the
 mean of its posterior, times the latent scale (1 / std of the training latents, 0.18215 for Stable
