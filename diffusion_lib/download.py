@@ -78,22 +78,26 @@ def fetch(url: str, path: str | Path, *, sha256: str, size: int | None = None, t
     if os.environ.get(OFFLINE_ENV):
         raise DownloadError(f"{url}: not fetched, ${OFFLINE_ENV} is set")
     request = urllib.request.Request(url, headers={"User-Agent": "diffusion_lib"})
+
+    def stream(response, out) -> None:  # raising here deletes the temporary file
+        total = size if size is not None else int(response.headers.get("Content-Length") or 0) or None
+        digest, received = hashlib.sha256(), 0
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
+                  disable=not progress) as bar:
+            while block := response.read(_BLOCK):
+                received += len(block)
+                if size is not None and received > size:
+                    raise ChecksumError(f"{url} is longer than the expected {size} bytes; not kept")
+                digest.update(block)
+                out.write(block)
+                bar.update(len(block))
+        if digest.hexdigest() != sha256:
+            raise ChecksumError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                                f"the download was deleted, {path} was not written")
+
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, atomic_write(path) as out:
-            total = size if size is not None else int(response.headers.get("Content-Length") or 0) or None
-            digest, received = hashlib.sha256(), 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
-                      disable=not progress) as bar:
-                while block := response.read(_BLOCK):
-                    received += len(block)
-                    if size is not None and received > size:
-                        raise ChecksumError(f"{url} is longer than the expected {size} bytes; not kept")
-                    digest.update(block)
-                    out.write(block)
-                    bar.update(len(block))
-            if digest.hexdigest() != sha256:
-                raise ChecksumError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}; "
-                                    f"the download was deleted, {path} was not written")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            atomic_write(path, lambda out: stream(response, out))
     except ChecksumError:
         raise
     except TimeoutError as e:

@@ -1,6 +1,6 @@
 """Run sizes: one notebook, three profiles.
 
-``DIFFUSION_PROFILE`` chooses how big a run is (see DESIGN.md, "Profiles"):
+``DIFFUSION_PROFILE`` chooses how big a run is (see ARCHITECTURE.md, "Profiles"):
 
 - ``smoke``: CI and nbval; tiny data, a few steps, seconds per notebook, always on the CPU;
 - ``cpu``: the default without CUDA; real data, small models, minutes;

@@ -29,7 +29,7 @@ echo "python $("$py" -c 'import platform; print(platform.python_version())'), to
 
 echo "== 2. the notebooks' set-up cell, as on Colab"
 cell=$(cat notebooks/_first_cell.py)
-url=$("$py" -c 'import runpy; print(runpy.run_path("diffusion_lib/repository.py")["URL"])')
+url=$("$py" -c 'import runpy; print(runpy.run_path("diffusion_lib/course/repository.py")["URL"])')
 colab_cell=${cell//\"google.colab\" in sys.modules/True}
 colab_cell=${colab_cell//$url/file://$repo}
 if [ "$colab_cell" = "$cell" ] || [[ "$colab_cell" == *"$url"* ]] || [[ "$colab_cell" == *google.colab* ]]; then
@@ -70,7 +70,7 @@ echo "chapter 05 took $((SECONDS - start)) s"
 import hashlib, sys
 from pathlib import Path
 import nbformat
-from diffusion_lib import pretrained
+from diffusion_lib.course import pretrained
 
 work = Path(sys.argv[1])
 nb = nbformat.read(work / "content" / "executed.ipynb", as_version=4)

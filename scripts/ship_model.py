@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Copy a finished run's exported model into checkpoints/ with its model card (diffusion_lib.pretrained).
+"""Copy a finished run's exported model into checkpoints/ with its model card (diffusion_lib.course.pretrained).
 
     python scripts/ship_model.py fashion_classifier runs/fashion_classifier/classifier.pt \
         --command "python -m diffusion_lib train --config configs/fashion_classifier.yaml"
@@ -12,7 +12,7 @@ half precision (they are loaded back into float32). The card ``checkpoints/<name
 command, config, steps, wall time (summed over resumed segments of the run's log.csv), hardware, seed,
 the file's sha256 and the measurements (test accuracy, reconstruction PSNR, latent scale, ...).
 Shipping into the repository's checkpoints/ also rewrites the package's manifest
-(diffusion_lib/shipped_models.json: each model's file, size and sha256, and its card's), from which
+(diffusion_lib/course/shipped_models.json: each model's file, size and sha256, and its card's), from which
 installs without checkpoints/ fetch and verify the models; tests/test_download.py checks it.
 """
 
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_lib.course.pretrained import write_manifest
+from diffusion_lib.latent import file_sha256
 
-from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from diffusion_lib.latent import file_sha256  # noqa: E402
-from diffusion_lib.pretrained import write_manifest  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "diffusion_lib" / "course" / "shipped_models.json"  # this checkout's, not an installed copy
 
 DROP = ("optimizer", "scaler", "rng", "data_order", "model", "format", "version")
 MEASUREMENTS = ("test_accuracy", "test_images", "latent_scale", "report")
@@ -56,13 +56,13 @@ def wall_time_s(log: Path) -> float | None:
 
 def update_manifest() -> None:
     """Rewrite the package's manifest from the repository's checkpoints/."""
-    out = write_manifest(REPO / "checkpoints", REPO / "diffusion_lib" / "shipped_models.json")
+    out = write_manifest(REPO / "checkpoints", MANIFEST)
     print(f"wrote {out.relative_to(REPO)}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", nargs="?", help="checkpoint name (diffusion_lib.pretrained.NAMES)")
+    p.add_argument("name", nargs="?", help="checkpoint name (diffusion_lib.course.pretrained.NAMES)")
     p.add_argument("source", nargs="?", type=Path,
                    help="the run's exported file (vae.pt, classifier.pt) or a checkpoint")
     p.add_argument("--manifest", action="store_true", help="only rewrite the manifest from checkpoints/")

@@ -11,7 +11,8 @@ import time
 
 import diffusion_lib
 from _train_utils import tiny_config
-from diffusion_lib import download, pretrained
+from diffusion_lib import download
+from diffusion_lib.course import pretrained
 
 NAME = "fashion_ddpm_linear"
 

@@ -32,7 +32,7 @@ def installed(tmp_path_factory):
                            "--no-index", "--disable-pip-version-check", "--target", str(site), str(src)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert (site / "diffusion_lib" / "shipped_models.json").is_file()  # package data made it into the install
+    assert (site / "diffusion_lib" / "course" / "shipped_models.json").is_file()  # package data made it into the install
     assert not (site / "checkpoints").exists()
     return site
 
@@ -53,7 +53,7 @@ def run_client(site: Path, tmp_path: Path, url: str, *args) -> tuple[dict, str]:
 
 
 def test_the_shipped_model_is_fetched_verified_and_cached(installed, tmp_path):
-    manifest = json.loads((installed / "diffusion_lib" / "shipped_models.json").read_text())
+    manifest = json.loads((installed / "diffusion_lib" / "course" / "shipped_models.json").read_text())
     with FolderServer(REPO / "checkpoints") as server:
         result, _ = run_client(installed, tmp_path, server.url, "shipped")
     cache = tmp_path / "home" / ".cache" / "diffusion_lib" / "checkpoints"
@@ -73,7 +73,7 @@ def test_a_corrupted_download_is_refused_and_not_cached(installed, tmp_path):
     (served / f"{NAME}.pt").write_bytes(bytes(data))
     with FolderServer(served) as server:
         result, _ = run_client(installed, tmp_path, server.url, "corrupt")
-    expected = json.loads((installed / "diffusion_lib" / "shipped_models.json").read_text())[NAME]["sha256"]
+    expected = json.loads((installed / "diffusion_lib" / "course" / "shipped_models.json").read_text())[NAME]["sha256"]
     assert f"{NAME}.pt has sha256 {hashlib.sha256(bytes(data)).hexdigest()}, expected {expected}" in result["error"]
     cache = Path(result["cache"])
     assert not cache.exists() or list(cache.iterdir()) == []

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from _http_server import FolderServer, silent_server
 
-from diffusion_lib import download, pretrained, repository
+from diffusion_lib import download
+from diffusion_lib.course import pretrained, repository
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "fashion_classifier"  # the smallest shipped model (0.3 MB)
@@ -22,7 +23,7 @@ SMALL = "fashion_classifier"  # the smallest shipped model (0.3 MB)
 # ------------------------------------------------------------------------- manifest and URL
 def test_manifest_matches_checkpoints():
     assert pretrained.manifest() == pretrained.build_manifest(REPO / "checkpoints"), (
-        "diffusion_lib/shipped_models.json is stale: run `python scripts/ship_model.py --manifest`")
+        "diffusion_lib/course/shipped_models.json is stale: run `python scripts/ship_model.py --manifest`")
     assert set(pretrained.manifest()) == set(pretrained.NAMES)
     for name, entry in pretrained.manifest().items():
         card = json.loads((REPO / "checkpoints" / entry["card"]["file"]).read_text())
@@ -32,7 +33,7 @@ def test_manifest_matches_checkpoints():
 
 def test_manifest_is_package_data():
     config = (REPO / "pyproject.toml").read_text()
-    assert re.search(r'\[tool\.setuptools\.package-data\]\s*diffusion_lib = \["shipped_models\.json"\]', config)
+    assert re.search(r'\[tool\.setuptools\.package-data\]\s*"diffusion_lib\.course" = \["shipped_models\.json"\]', config)
     assert pretrained.MANIFEST.parent == Path(pretrained.__file__).parent
 
 
@@ -49,7 +50,7 @@ def test_the_repository_url_is_kept_in_one_place():
     for pattern in (colab, install):
         found = [m.groups() for path in texts for m in pattern.finditer(path.read_text())]
         assert found and set(found) == {(owner_repo, branch)}
-    assert url not in (REPO / "scripts" / "colab_check.sh").read_text()  # the script reads repository.py
+    assert url not in (REPO / "scripts" / "colab_check.sh").read_text()  # the script reads course/repository.py
 
 
 def test_checkpoints_url(monkeypatch):

@@ -40,10 +40,11 @@ from typing import Any
 
 import torch
 
-from . import download, repository
-from .checkpoint import atomic_write, file_digest, latest_checkpoint, load_model
-from .config import TrainConfig, config_to_dict, validate_config
-from .profiles import check_profile
+from .. import download
+from ..checkpoint import atomic_write, cache_dir as _cache_dir, file_digest, latest_checkpoint, load_model
+from ..profiles import check_profile
+from ..training.config import TrainConfig, config_to_dict, validate_config
+from . import repository
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
 CHECKPOINTS_URL_ENV = "DIFFUSION_CHECKPOINTS_URL"
@@ -61,14 +62,15 @@ def checkpoint_dirs() -> list[Path]:
     env = os.environ.get(CHECKPOINTS_ENV, "").strip()
     if env:
         dirs.append(Path(env).expanduser())
-    dirs.append(Path(__file__).resolve().parent.parent / "checkpoints")  # the repository's folder
+    dirs.append(Path(__file__).resolve().parents[2] / "checkpoints")  # the repository's folder
     dirs.append(cache_dir())
     return dirs
 
 
 def cache_dir() -> Path:
-    """``~/.cache/diffusion_lib/checkpoints``: where :func:`fetch_checkpoint` puts downloaded models."""
-    return Path.home() / ".cache" / "diffusion_lib" / "checkpoints"
+    """Where :func:`fetch_checkpoint` puts downloaded models: ``~/.cache/diffusion_lib/checkpoints``
+    (``$DIFFUSION_CACHE/checkpoints`` when that is set)."""
+    return _cache_dir("checkpoints")
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,15 +91,15 @@ def build_manifest(folder: str | Path) -> dict[str, dict]:
 
 def write_manifest(folder: str | Path, out: str | Path = MANIFEST) -> Path:
     """Write :func:`build_manifest` of ``folder`` to ``out`` atomically (``scripts/ship_model.py``)."""
-    with atomic_write(out) as f:
-        f.write((json.dumps(build_manifest(folder), indent=1) + "\n").encode())
+    text = json.dumps(build_manifest(folder), indent=1) + "\n"
+    atomic_write(out, lambda f: f.write(text.encode()))
     manifest.cache_clear()
     return Path(out)
 
 
 def checkpoints_url() -> str:
     """The folder URL the shipped models are fetched from (ending in "/"): ``$DIFFUSION_CHECKPOINTS_URL``,
-    else the raw files of the repository's ``checkpoints/`` (:func:`diffusion_lib.repository.raw_url`)."""
+    else the raw files of the repository's ``checkpoints/`` (:func:`diffusion_lib.course.repository.raw_url`)."""
     url = os.environ.get(CHECKPOINTS_URL_ENV, "").strip() or repository.raw_url("checkpoints/")
     return url if url.endswith("/") else url + "/"
 
@@ -296,7 +298,7 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
     :func:`~diffusion_lib.training.train`; its ``start_step`` equals ``step`` when a finished run
     was reused).
     """
-    from .training import train
+    from ..training import train
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (see notebook_config), got {type(config).__name__}")
