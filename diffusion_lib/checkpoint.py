@@ -12,15 +12,29 @@ Files are named ``ckpt_<step:08d>.pt`` inside ``<output_dir>/checkpoints``. A wr
 temporary file in the same folder, is flushed and fsync'ed, then renamed over the target with
 ``os.replace`` (atomic on POSIX and Windows) and the folder is fsync'ed: a crash or SIGKILL at any
 moment leaves either the old file or the new one, never half a file.
+
+Every file :func:`save_checkpoint` writes carries its own sha256 (in the zip archive's comment), and
+every load verifies the file first (:func:`verify_checkpoint_file`; files written before have the CRC-32
+of each part of the archive, shipped models the sha256 on their model card). A flipped bit is refused
+with an error that names the file. A training run holds :func:`run_lock` on its folder, so two runs never write the same
+checkpoints, temporary files or log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
 import os
 import random
 import re
+import socket
 import tempfile
+import threading
+import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,7 +49,11 @@ _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, truncated or not one of ours; the message names the file."""
+    """A checkpoint file that is missing, truncated, damaged or not one of ours; the message names the file."""
+
+
+class RunLockedError(FileExistsError):
+    """The run folder is in use by another training run (:func:`run_lock`); the message names the folder."""
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -104,17 +122,119 @@ def cache_dir(kind: str) -> Path:
     return Path(root) / kind if root else Path.home() / ".cache" / "diffusion_lib" / kind
 
 
+_DIGEST_TAG = b"diffusion_lib sha256 "  # the zip comment that carries the file's digest
+_COMMENT_LEN = len(_DIGEST_TAG) + 64
+_END_RECORD = 22  # a zip file's end-of-central-directory record, up to its comment
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through it (``torch.save`` only writes)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _save_with_digest(state: dict, f: BinaryIO) -> None:
+    # torch.save ends the archive with an empty zip comment (its last 2 bytes give its length, 0); the
+    # comment becomes the sha256 of everything torch wrote, so the digest travels inside the file.
+    writer = _HashingWriter(f)
+    torch.save(state, writer)
+    comment = _DIGEST_TAG + writer.sha256.hexdigest().encode()
+    f.seek(-2, os.SEEK_END)
+    f.write(len(comment).to_bytes(2, "little") + comment)
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace), with the
+    sha256 of the file inside it and the CRC-32 of every part, which :func:`verify_checkpoint_file` checks."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    return atomic_write(path, lambda f: torch.save(state, f))
+    crc32 = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)  # the default; a file written without CRCs could not be verified
+    try:
+        return atomic_write(path, lambda f: _save_with_digest(state, f))
+    finally:
+        torch.serialization.set_crc32_options(crc32)
+
+
+def _embedded_digest(path: Path) -> tuple[str, str] | None:
+    """(stored, actual) sha256 of a file written by :func:`save_checkpoint`; None for a file without one."""
+    size = path.stat().st_size
+    start = size - _COMMENT_LEN - _END_RECORD
+    if start < 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(start)
+        tail = f.read()
+        ours = tail[:4] == b"PK\x05\x06" and tail[20:22] == _COMMENT_LEN.to_bytes(2, "little")
+        if not ours and _DIGEST_TAG not in tail:
+            return None
+        if not (ours and tail[_END_RECORD:].startswith(_DIGEST_TAG)):
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: the record of its sha256 at the end of "
+                                  f"the file has changed bytes; copy or download it again")
+        stored = tail[_END_RECORD + len(_DIGEST_TAG):].decode("ascii", "replace")
+        digest, left = hashlib.sha256(), size - _COMMENT_LEN - 2
+        f.seek(0)
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            digest.update(block)
+            left -= len(block)
+        digest.update(b"\x00\x00")  # the empty comment's length, as torch.save wrote it
+    return stored, digest.hexdigest()
+
+
+def verify_checkpoint_file(path: str | Path) -> Path:
+    """Raise :class:`CheckpointError` naming ``path`` unless its bytes are intact: where a model card beside
+    it (``<name>.json``, shipped models) records a ``sha256``, the file must have it; else a file written
+    by :func:`save_checkpoint` must have the sha256 stored inside it, and an older one must match the
+    CRC-32 of every part of its zip archive. Files of another format are left to ``torch.load``."""
+    path = Path(path)
+    card = path.with_suffix(".json")
+    if card.is_file():
+        try:
+            expected = json.loads(card.read_text()).get("sha256")
+        except (ValueError, AttributeError):
+            expected = None  # not a model card
+        if isinstance(expected, str):
+            if (actual := file_digest(path)) != expected:
+                raise CheckpointError(f"checkpoint file {str(path)!r} has sha256 {actual}, but its model card "
+                                      f"{str(card)!r} records {expected}: the file is damaged (copy or download "
+                                      f"it again) or the card belongs to another file")
+            return path
+    embedded = _embedded_digest(path)
+    if embedded is not None:
+        if embedded[0] != embedded[1]:
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: its bytes have sha256 {embedded[1]}, "
+                                  f"but the file records {embedded[0]}; copy or download it again, or resume from "
+                                  f"an earlier checkpoint")
+        return path
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # reads every part and compares its CRC-32
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged ({e}); copy or download it "
+                                  f"again") from e
+        if bad is not None:
+            raise CheckpointError(f"checkpoint file {str(path)!r} is damaged: its part {bad!r} fails its CRC-32 "
+                                  f"check (changed bytes); copy or download it again, or resume from an earlier "
+                                  f"checkpoint")
+    return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing or damaged file raises naming the file."""
+    """Load a checkpoint with ``weights_only=True`` after :func:`verify_checkpoint_file`; a missing or
+    damaged file raises :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    verify_checkpoint_file(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle error, wrong file type ...
@@ -141,7 +261,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints and stale temporary files; return the deleted."""
+    """Delete all but the newest ``keep_last`` checkpoints and stale temporary files; return the deleted.
+
+    The caller holds the run's :func:`run_lock`, so no other run's temporary file is in this folder."""
     ckpts = list_checkpoints(output_dir)
     doomed = ckpts[:-keep_last] if keep_last > 0 else ckpts
     folder = checkpoint_dir(output_dir)
@@ -150,6 +272,64 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
+
+
+# ----------------------------------------------------------------------------------------- run lock
+LOCK_NAME = ".lock"
+_HELD: dict[tuple[str, int], int] = {}  # (run folder, thread) -> depth: a holder may take it again
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path, *, wait: bool = False):
+    """Hold the exclusive lock of the run folder ``folder`` (created if needed) while the block runs.
+
+    Every training run takes it (``training.train``, ``Trainer.fit``), from the command line as from a
+    notebook: a second run on the same folder raises :class:`RunLockedError` at once (``wait=False``) or
+    waits until the first has finished (``wait=True``, what notebooks that share a run want). The lock
+    is ``flock`` on ``<folder>/.lock``, released by the system when the process dies; the thread that
+    holds it may take it again. Where the file system or the system has no ``flock`` (Windows, some
+    network folders) nothing is locked, with a warning.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        key = (str(folder.resolve()), threading.get_ident())
+        if key not in _HELD:
+            handle = open(folder / LOCK_NAME, "a+")
+    except OSError as e:
+        raise ValueError(f"output_dir {str(folder)!r} cannot be created or written ({e.strerror or e}); choose "
+                         f"a folder you can write to") from e
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    with handle:
+        try:
+            import fcntl
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except ImportError:
+            pass
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunLockedError(f"output_dir {str(folder)!r} is in use by another training run ({holder}); "
+                                 f"wait for it to finish, or choose another output_dir") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            warnings.warn(f"{folder} cannot be locked ({e.strerror}): make sure no other run uses it", stacklevel=3)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]  # closing the file releases the lock
 
 
 # ----------------------------------------------------------------------------------------- RNG state
@@ -205,7 +385,9 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
 
     Returns ``(model, schedule, info)``; ``info`` has ``step``, ``prediction_type``, ``num_classes``,
     ``null_label``, ``image_shape`` (C, H, W), ``config``, ``model_config``, ``weights`` ("ema" or
-    "model"), ``vae`` (None for pixel-space models) and ``path``. EMA weights are used by default (they give the better samples).
+    "model"), ``vae`` (None for pixel-space models; the VAE file named at training time), ``vae_sha256``
+    (that file's sha256), ``vae_name`` (the shipped VAE with that file, when known) and ``path``. EMA
+    weights are used by default (they give the better samples).
     """
     from .models import UNet, UNetConfig
     from .schedules import NoiseSchedule
@@ -225,7 +407,9 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
         "config": ckpt.get("config", {}),
         "model_config": ckpt["model_config"],
         "weights": which,
-        "vae": ckpt.get("vae"),  # latent diffusion: the VAE whose latents the model samples
+        "vae": ckpt.get("vae"),  # latent diffusion: the VAE file given at training time, and
+        "vae_sha256": ckpt.get("vae_sha256"),  # its sha256, and the shipped model with that file
+        "vae_name": ckpt.get("vae_name"),
         "path": str(path),
     }
     return model, schedule, info

@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=2 -m diffusion_lib train --config ...        (DistributedDataParallel)
     python -m diffusion_lib sample --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
         --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
+    python -m diffusion_lib sample --checkpoint fashion_cfg --guidance-scale 3 --class 3   (a shipped model)
 
 Subcommands live in a small registry. A module that adds one (``pipelines.evaluate`` adds
 ``evaluate``) defines ``register_cli(register)`` and calls
@@ -63,7 +64,12 @@ def _train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- sample
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a training checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a training checkpoint (.pt) or a shipped model's name (fashion_cfg, ...: found or fetched)")
+    p.add_argument("--vae", default=None,
+                   help="latent models: the VAE file (or shipped name) that decodes the samples; default: the one "
+                        "the checkpoint names by sha256, found or fetched like a shipped model. A VAE with another "
+                        "sha256 is refused")
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
     p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
@@ -88,7 +94,8 @@ def _sample(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoint import load_model, load_vae
+    from .course.pretrained import resolve_checkpoint, resolve_vae
     from .device import pick_device
     from .latent import decode_latents
     from .pipelines.generate import generate
@@ -106,7 +113,9 @@ def _sample(args: argparse.Namespace) -> int:
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     device = pick_device(args.device)
-    model, schedule, info = load_model(args.checkpoint, ema=not args.no_ema, device=device)
+    model, schedule, info = load_model(resolve_checkpoint(args.checkpoint), ema=not args.no_ema, device=device)
+    vae_file = resolve_vae(info, args.vae)  # found and checked before any sampling
+    vae = load_vae(vae_file, device=device) if vae_file is not None else None
     num_classes = info["num_classes"]
     labels = None
     if num_classes is None:
@@ -123,8 +132,8 @@ def _sample(args: argparse.Namespace) -> int:
     images = generate(model, schedule, info, sampler=args.sampler, steps=args.steps, n=args.n, batch_size=batch_size,
                       seed=args.seed, guidance_scale=args.guidance_scale, eta=args.eta, device=device, progress=True,
                       clip_x0=args.clip_x0, labels=labels)
-    if info["vae"]:  # a latent-diffusion model: its samples are decoded by the VAE
-        images = decode_latents(images, info["vae"])
+    if vae is not None:  # a latent-diffusion model: its samples are decoded by the VAE
+        images = decode_latents(images, vae, device=device)
     one_class_per_column = num_classes is not None and args.class_label is None
     nrow = args.nrow or (num_classes if one_class_per_column else math.ceil(math.sqrt(args.n)))
     path = save_grid(images, args.out, nrow=nrow)

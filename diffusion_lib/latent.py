@@ -39,7 +39,7 @@ from .models.sd_vae import StableDiffusionVAE, load_sd_vae
 
 CACHE_VERSION = 1
 
-__all__ = ["LatentDataset", "StableDiffusionVAE", "check_latent_shape", "decode_latents", "encode_dataset",
+__all__ = ["LatentDataset", "StableDiffusionVAE", "check_latent_shape", "check_vae_file", "decode_latents", "encode_dataset",
            "file_sha256", "latent_unet_config", "load_sd_vae", "load_vae", "reconstruction_psnr"]
 
 
@@ -47,6 +47,23 @@ __all__ = ["LatentDataset", "StableDiffusionVAE", "check_latent_shape", "decode_
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (the key of cached latents, and the model cards' checksum)."""
     return file_digest(path, "sha256")
+
+
+def check_vae_file(path: str | Path, info: dict) -> Path:
+    """``path`` if it is the VAE file the latent model of ``info`` (``load_model``'s) was trained with:
+    its sha256 must be ``info["vae_sha256"]`` (not checked for a model that recorded none). Another VAE
+    would decode the samples into wrong images, so it is refused with ``ValueError`` before any sampling."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VAE checkpoint {str(path)!r} does not exist (the latent model needs the VAE "
+                                f"it was trained with to decode its samples)")
+    expected = info.get("vae_sha256")
+    if expected is not None and (actual := file_sha256(path)) != expected:
+        named = f" (the shipped {info['vae_name']})" if info.get("vae_name") else ""
+        raise ValueError(f"vae {str(path)!r} has sha256 {actual[:16]}..., but {info.get('path', 'the latent model')} "
+                         f"was trained with the VAE file of sha256 {expected[:16]}...{named}: another VAE decodes "
+                         f"its samples into wrong images")
+    return path
 
 
 def _resolve_vae(vae, device=None):
@@ -238,12 +255,7 @@ def decode_latents(latents: torch.Tensor, vae, *, batch_size: int = 256, device=
     sha256 of the VAE file the latent model was trained on (checked when given).
     """
     if isinstance(vae, (str, Path)):
-        if not Path(vae).is_file():
-            raise FileNotFoundError(f"VAE checkpoint {str(vae)!r} does not exist (the latent model needs the VAE "
-                                    f"it was trained with to decode its samples)")
-        if expected_sha256 is not None and file_sha256(vae) != expected_sha256:
-            raise ValueError(f"VAE checkpoint {str(vae)!r} is not the VAE the latent model was trained with "
-                             f"(sha256 differs from {expected_sha256[:16]}...)")
+        check_vae_file(vae, {"vae_sha256": expected_sha256})
         vae = _vae_from_path(vae, device or "cpu")
     elif not hasattr(vae, "decode_scaled"):
         raise TypeError(f"vae must be a VAE checkpoint path or a VAE module, got {type(vae).__name__}")

@@ -4,13 +4,18 @@
     python scripts/ship_model.py fashion_classifier runs/fashion_classifier/classifier.pt \
         --command "python -m diffusion_lib train --config configs/fashion_classifier.yaml"
     python scripts/ship_model.py fashion_vae runs/fashion_vae/vae.pt --command "..." [--fp16]
+    python scripts/ship_model.py fashion_cfg runs/fashion_latent_cfg/checkpoints/ckpt_00002000.pt --fp16 \
+        --vae fashion_vae --command "..."          # a latent model names the shipped VAE that decodes it
+    python scripts/ship_model.py fashion_cfg --vae fashion_vae   # re-ship only that record (weights unchanged)
     python scripts/ship_model.py --manifest      # only rewrite the manifest (after editing a card)
 
 The shipped file keeps only what loading needs (the EMA weights, the model's config, step, training
 config and the run's measurements; no optimiser state); ``--fp16`` stores floating-point weights in
 half precision (they are loaded back into float32). The card ``checkpoints/<name>.json`` records the
 command, config, steps, wall time (summed over resumed segments of the run's log.csv), hardware, seed,
-the file's sha256 and the measurements (test accuracy, reconstruction PSNR, latent scale, ...).
+the file's sha256 and the measurements (test accuracy, reconstruction PSNR, latent scale, ...). A latent
+model records its VAE as a shipped model, by name and by the sha256 of the shipped file (``vae_name``,
+``vae_sha256``), so that sampling finds it on any install (``course.pretrained.resolve_vae``).
 Shipping into the repository's checkpoints/ also rewrites the package's manifest
 (diffusion_lib/course/shipped_models.json: each model's file, size and sha256, and its card's), from which
 installs without checkpoints/ fetch and verify the models; tests/test_download.py checks it.
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_lib.checkpoint import load_checkpoint, load_vae, save_checkpoint
 from diffusion_lib.course.pretrained import write_manifest
 from diffusion_lib.latent import file_sha256
 
@@ -60,6 +65,48 @@ def update_manifest() -> None:
     print(f"wrote {out.relative_to(REPO)}")
 
 
+def link_vae(state: dict, name: str | None, source: Path, out_dir: Path) -> dict | None:
+    """Record in a latent model's ``state`` the shipped VAE that decodes it (``name``, else the shipped model
+    whose file is the one it was trained with) and return the card's record of it; None for pixel models."""
+    if not state.get("vae") and not state.get("vae_sha256"):
+        if name is not None:
+            raise SystemExit(f"--vae: {source} is a pixel-space model, which takes no VAE")
+        return None
+    shipped = json.loads(MANIFEST.read_text())
+    if name is None:
+        name = next((n for n, e in shipped.items() if e["sha256"] == state.get("vae_sha256")), None)
+        if name is None:
+            raise SystemExit(f"{source} is a latent model whose VAE file (sha256 {state.get('vae_sha256')}) is not "
+                             f"shipped: ship the VAE first and pass --vae NAME")
+    if name not in shipped:
+        raise SystemExit(f"--vae must name a shipped model ({', '.join(shipped)}); got {name!r}")
+    recorded = Path(state["vae"]) if state.get("vae") else None
+    if recorded is not None and recorded.is_file():  # the VAE it was trained with: the shipped one must equal it
+        trained, named = load_vae(recorded).state_dict(), load_vae(out_dir / shipped[name]["file"]).state_dict()
+        if trained.keys() != named.keys() or any(not torch.equal(trained[k].float(), named[k].float()) for k in trained):
+            raise SystemExit(f"--vae {name}: its weights differ from those of {recorded}, the VAE {source} was "
+                             f"trained with")
+    state["vae_name"], state["vae_sha256"] = name, shipped[name]["sha256"]
+    return {"name": name, "sha256": shipped[name]["sha256"]}
+
+
+def relink_vae(name: str, vae: str, out_dir: Path) -> None:
+    """Re-ship ``out_dir/<name>.pt`` with the record of its shipped VAE; its weights stay as they are."""
+    path = out_dir / f"{name}.pt"
+    state = load_checkpoint(path)
+    record = link_vae(state, vae, path, out_dir)
+    out = save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    card_path = out.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card.update(sha256=file_sha256(out), size_bytes=out.stat().st_size, vae=record)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    after = load_checkpoint(out)
+    for key in ("ema", "model"):
+        if key in state and any(not torch.equal(state[key][k], after[key][k]) for k in state[key]):
+            raise SystemExit(f"{out}: the {key} weights changed on re-saving")
+    print(json.dumps({k: card[k] for k in ("name", "sha256", "size_bytes", "vae")}, indent=1))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", nargs="?", help="checkpoint name (diffusion_lib.course.pretrained.NAMES)")
@@ -68,14 +115,22 @@ def main() -> int:
     p.add_argument("--manifest", action="store_true", help="only rewrite the manifest from checkpoints/")
     p.add_argument("--command", help="the command that trained it (required to ship)")
     p.add_argument("--fp16", action="store_true", help="store floating-point weights in float16")
+    p.add_argument("--vae", default=None,
+                   help="latent models: the shipped VAE that decodes the samples (default: the shipped model whose "
+                        "file the model was trained with). With NAME alone: re-ship checkpoints/NAME.pt with it")
     p.add_argument("--hardware", default=None, help="a description of the machine (default: this one)")
     p.add_argument("--out-dir", type=Path, default=REPO / "checkpoints")
     args = p.parse_args()
     if args.manifest:
         update_manifest()
         return 0
+    if args.name is not None and args.source is None and args.vae is not None:
+        relink_vae(args.name, args.vae, args.out_dir)
+        if args.out_dir.resolve() == (REPO / "checkpoints").resolve():
+            update_manifest()
+        return 0
     if args.name is None or args.source is None or args.command is None:
-        p.error("shipping needs NAME, SOURCE and --command (or --manifest alone)")
+        p.error("shipping needs NAME, SOURCE and --command (or NAME --vae VAE, or --manifest alone)")
 
     state = load_checkpoint(args.source)
     weights = state["ema"] if "ema" in state else state["model"]
@@ -83,6 +138,7 @@ def main() -> int:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     slim = {k: v for k, v in state.items() if k not in DROP and k != "ema"}
     slim["ema"] = weights
+    vae = link_vae(slim, args.vae, args.source, args.out_dir)
     out = save_checkpoint(args.out_dir / f"{args.name}.pt", slim)
     run_dir = args.source.parent.parent if args.source.parent.name == "checkpoints" else args.source.parent
     config = state.get("config", {})
@@ -102,6 +158,7 @@ def main() -> int:
         "weights": "EMA, " + ("float16" if args.fp16 else "float32"),
         "shipped": time.strftime("%Y-%m-%d"),
         **{k: state[k] for k in MEASUREMENTS if k in state},
+        **({"vae": vae} if vae is not None else {}),
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: v for k, v in card.items() if k != "config"}, indent=1))

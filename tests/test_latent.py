@@ -189,7 +189,7 @@ def test_latent_shape_the_unet_does_not_take(vae_run, cache, tmp_path):
         decode_latents(torch.zeros(1, 4, 8, 8), vae)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         decode_latents(torch.zeros(1, 2, 4, 4), tmp_path / "nope.pt")
-    with pytest.raises(ValueError, match="not the VAE"):
+    with pytest.raises(ValueError, match="was trained with the VAE file of sha256 0000"):
         decode_latents(torch.zeros(1, 2, 4, 4), out / "vae.pt", expected_sha256="0" * 64)
 
 

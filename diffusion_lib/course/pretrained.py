@@ -27,7 +27,6 @@ finished run instead of training again, and an interrupted one resumes exactly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 
 from .. import download
-from ..checkpoint import atomic_write, cache_dir as _cache_dir, file_digest, latest_checkpoint, load_model
+from ..checkpoint import atomic_write, cache_dir as _cache_dir, file_digest, latest_checkpoint, load_model, run_lock
 from ..profiles import check_profile
 from ..training.config import TrainConfig, config_to_dict, validate_config
 from . import repository
@@ -176,6 +175,71 @@ def shipped_checkpoint(name: str) -> Path | None:
         return None
 
 
+def resolve_checkpoint(checkpoint: str | Path, *, progress: bool = True) -> Path:
+    """A checkpoint given as a file, or as the name of a shipped model (:func:`find_checkpoint`, else
+    fetched); ``FileNotFoundError`` when it is neither."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path
+    if str(checkpoint) in manifest():
+        return _shipped_file(str(checkpoint), progress=progress)
+    raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} is neither a file nor a shipped model "
+                            f"({', '.join(manifest())})")
+
+
+def _shipped_file(name: str, *, progress: bool = True, needed_by: str = "") -> Path:
+    """The shipped model ``name``: found locally, else fetched; a failed download raises FileNotFoundError
+    saying where to put the file."""
+    path = find_checkpoint(name)
+    if path is not None:
+        return path
+    try:
+        return fetch_checkpoint(name, progress=progress)
+    except download.DownloadError as e:
+        folders = ", ".join(str(d) for d in checkpoint_dirs())
+        raise FileNotFoundError(f"the shipped model {name}{needed_by} is not on this machine and could not be "
+                                f"fetched ({e}); put {manifest()[name]['file']} in one of {folders}") from e
+
+
+def resolve_vae(info: dict, vae: str | Path | None = None, *, progress: bool = True) -> Path | None:
+    """The VAE file that decodes the samples of the latent model described by ``info`` (``load_model``'s),
+    checked before any sampling; None for a pixel-space model.
+
+    ``vae`` (a file or a shipped model's name) overrides; it must be the file the model was trained with
+    (its sha256 is ``info["vae_sha256"]``), else ``ValueError``. Without it: the shipped model the
+    checkpoint names (``vae_name``) or the shipped model whose file has that sha256, found like every
+    shipped model (:func:`find_checkpoint`, else fetched); else the file recorded at training time,
+    when it is still there with that sha256. ``FileNotFoundError`` when there is none.
+    """
+    from ..latent import check_vae_file
+
+    expected = info.get("vae_sha256")
+    if not info.get("vae") and not expected:
+        if vae is not None:
+            raise ValueError(f"vae: {info.get('path')} is a pixel-space model, which takes no VAE; got {str(vae)!r}")
+        return None
+    needed_by = f" (the VAE of {info.get('path')})"
+    if vae is not None:
+        path = Path(vae)
+        if not path.is_file():
+            if str(vae) not in manifest():
+                raise FileNotFoundError(f"vae {str(vae)!r} is neither a file nor a shipped model "
+                                        f"({', '.join(manifest())})")
+            path = _shipped_file(str(vae), progress=progress, needed_by=needed_by)
+        return check_vae_file(path, info)
+    names = [name for name, entry in manifest().items() if entry["sha256"] == expected]
+    names.sort(key=lambda name: name != info.get("vae_name"))  # the name the checkpoint records first
+    if names:
+        return _shipped_file(names[0], progress=progress, needed_by=needed_by)
+    recorded = Path(info["vae"]) if info.get("vae") else None
+    if recorded is not None and recorded.is_file():
+        return check_vae_file(recorded, info)
+    raise FileNotFoundError(
+        f"{info.get('path')} is a latent-diffusion model: its samples are decoded by the VAE file with sha256 "
+        f"{expected}, which was {str(recorded)!r} at training time and is not there, and no shipped model has "
+        f"that sha256; pass the VAE file (--vae FILE, or vae=)")
+
+
 def read_card(checkpoint: str | Path) -> dict | None:
     """The model card (the JSON file beside a checkpoint, same name), or None when there is none."""
     path = Path(checkpoint).with_suffix(".json")
@@ -265,29 +329,6 @@ def run_dir(name: str, config: TrainConfig, profile: str, root: str | Path = "ru
     return Path(root) / f"{_check_name(name)}-{check_profile(profile)}-{digest}"
 
 
-@contextlib.contextmanager
-def run_lock(folder: str | Path):
-    """Hold an exclusive lock on the run folder ``folder`` (created if needed) while the block runs.
-
-    Notebooks executed side by side may train the same configuration into the same folder; without
-    the lock both would write its checkpoints and log at once. Where ``fcntl`` is missing
-    (Windows) nothing is locked.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def train_here(name: str, config: TrainConfig, *, profile: str, device: str | torch.device | None = None,
                output_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, Any, dict]:
     """Train ``config`` (or resume it, or reuse its finished run) and load the EMA model.
@@ -309,7 +350,7 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
     if device is not None:
         changes["device"] = str(device)
     config = dataclasses.replace(config, **changes)
-    with run_lock(output_dir):  # two notebooks sharing a run: the second waits, then reuses it
+    with run_lock(output_dir, wait=True):  # two notebooks sharing a run: the second waits, then reuses it
         summary = train(config, resume=True)
     checkpoint = summary["checkpoint"] or latest_checkpoint(config.output_dir)
     model, schedule, info = load_model(checkpoint, ema=True, device=device or "cpu")

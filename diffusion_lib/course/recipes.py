@@ -18,12 +18,12 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint, load_classifier, load_model, load_vae
+from ..checkpoint import load_checkpoint, load_classifier, load_model, load_vae, run_lock
 from ..data import DatasetNotFoundError, dataset_info, load_dataset
 from ..profiles import check_profile
 from ..training import TrainConfig, train
 from ..training.config import validate_config
-from .pretrained import find_checkpoint, load_pretrained, run_dir, shipped_checkpoint
+from .pretrained import load_pretrained, resolve_vae, run_dir, shipped_checkpoint
 
 _COMMON = dict(seed=0, sample_every=0, tensorboard=False, weight_decay=0.0, grad_clip=None)
 _SMOKE_DATA = dict(dataset="shapes", dataset_kwargs={"num_samples": 256}, image_size=16, device="cpu",
@@ -113,7 +113,8 @@ def _run(name: str, config: TrainConfig, profile: str, output_dir, dataset=None)
         output_dir = (tempfile.mkdtemp(prefix=f"{name}-smoke-") if profile == "smoke"
                       else run_dir(name, config, profile))
     config = dataclasses.replace(config, output_dir=str(output_dir))
-    return train(config, resume=True, dataset=dataset)
+    with run_lock(output_dir, wait=True):  # two notebooks sharing a run: the second waits, then reuses it
+        return train(config, resume=True, dataset=dataset)
 
 
 def load_or_train_vae(profile: str, config: TrainConfig | None = None, *, device="cpu", output_dir=None):
@@ -148,13 +149,8 @@ def load_or_train_latent(name: str, profile: str, config: TrainConfig, *, datase
     return model, schedule, info
 
 
-def find_vae_for(info: dict, fallback=None):
-    """The VAE file that decodes a latent model's samples: the path recorded at training time when it
-    still exists, else ``fallback`` (e.g. the shipped ``fashion_vae``); None for pixel models."""
-    if not info.get("vae"):
-        return None
-    recorded = Path(info["vae"])
-    if recorded.is_file():
-        return recorded
-    return fallback if fallback is not None else find_checkpoint("fashion_vae")
-
+def find_vae_for(info: dict, vae=None):
+    """The VAE file that decodes a latent model's samples (:func:`~diffusion_lib.course.pretrained.resolve_vae`:
+    the shipped VAE the model names, found or fetched, or the file recorded at training time, checked by
+    its sha256; ``vae`` overrides); None for pixel models."""
+    return resolve_vae(info, vae)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, load_vae
 from ..device import pick_device
-from ..latent import decode_latents
+from ..latent import check_vae_file, decode_latents
 from ..metrics.cache import reference_features, reference_stats
 from ..metrics.features import extract_features, get_extractor
 from ..metrics.fid import fid_from_features, fid_from_stats, kid_from_features
@@ -40,11 +40,14 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
                    n_reference: int | None = None, extractor: str = "auto", batch_size: int = 256,
                    feature_batch_size: int = 50, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
                    clip_x0: bool = False, ema: bool = True, device: str | torch.device | None = None,
-                   cache_dir: str | Path | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
+                   cache_dir: str | Path | None = None, out: str | Path | None = None, progress: bool = True,
+                   vae: str | Path | None = None) -> dict:
     """Sample ``n`` images from ``checkpoint`` and score them against ``n_reference`` (default ``n``) images
     of the training dataset (or ``dataset``); returns the results and writes them as JSON to ``out``.
 
-    Latent-diffusion samples are decoded by the checkpoint's VAE first. The reference statistics are cached.
+    Latent-diffusion samples are decoded by the checkpoint's VAE first: ``vae``, else the file recorded at
+    training time, either checked against the sha256 the checkpoint records before any sampling. The
+    reference statistics are cached.
     """
     unknown = set(metrics) - set(METRICS)
     if not metrics or unknown:
@@ -57,6 +60,11 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
         raise ValueError(f"n must be >= 2 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     device = pick_device(device)
     model, schedule, info = load_model(checkpoint, ema=ema, device=device)
+    decoder = None
+    if info.get("vae"):  # latent diffusion: the VAE that decodes the samples, found and checked first
+        decoder = load_vae(check_vae_file(vae if vae is not None else info["vae"], info), device=device)
+    elif vae is not None:
+        raise ValueError(f"vae: {checkpoint} is a pixel-space model, which takes no VAE; got {str(vae)!r}")
     model = model.to(memory_format=torch.channels_last)  # 1.2x images/s on a CPU too, and what CUDA wants
     config = info.get("config") or {}
     dataset = dataset or config.get("dataset")
@@ -68,8 +76,8 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     start = time.perf_counter()
     images = generate(model, schedule, info, sampler=sampler, steps=steps, n=n, batch_size=batch_size, seed=seed,
                       guidance_scale=guidance_scale, eta=eta, device=device, progress=progress, clip_x0=clip_x0)
-    if info.get("vae"):  # latent diffusion: the samples are latents of this VAE; score the decoded images
-        images = decode_latents(images, info["vae"], batch_size=batch_size, device=device)
+    if decoder is not None:  # latent diffusion: the samples are latents of this VAE; score the decoded images
+        images = decode_latents(images, decoder, batch_size=batch_size, device=device)
     sampling_seconds = time.perf_counter() - start
     start = time.perf_counter()
     features = extract_features(images, net, batch_size=feature_batch_size, progress=progress)
@@ -80,7 +88,8 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     result = {
         "checkpoint": str(checkpoint), "step": info.get("step"), "weights": info.get("weights"),
         "sampler": sampler, "steps": steps, "eta": eta if sampler == "ddim" else None,
-        "guidance_scale": guidance_scale, "clip_x0": clip_x0, "n": n, "seed": seed, "vae": info.get("vae"),
+        "guidance_scale": guidance_scale, "clip_x0": clip_x0, "n": n, "seed": seed,
+        "vae": str(vae) if vae is not None else info.get("vae"), "vae_sha256": info.get("vae_sha256"),
         "dataset": dataset, "split": split, "n_reference": n_reference, "extractor": net.name,
         "sampling_seconds": sampling_seconds, "images_per_second": n / sampling_seconds,
         "feature_seconds": feature_seconds,
@@ -107,7 +116,12 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a training checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a training checkpoint (.pt) or a shipped model's name (fashion_cfg, ...: found or fetched)")
+    p.add_argument("--vae", default=None,
+                   help="latent models: the VAE file (or shipped name) that decodes the samples; default: the one "
+                        "the checkpoint names by sha256, found or fetched like a shipped model. A VAE with another "
+                        "sha256 is refused")
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
     p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
@@ -131,16 +145,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    # The command line finds shipped models by name like the book does (course.pretrained).
+    from ..course.pretrained import resolve_checkpoint, resolve_vae
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    _, _, info = load_model(checkpoint)
+    vae = resolve_vae(info, args.vae)
     steps = None if args.sampler == "ddpm" else args.steps
     out = args.out or Path(args.checkpoint).with_name(
         f"eval_{args.sampler}{steps or ''}_n{args.n}_{Path(args.checkpoint).stem}.json")
-    result = run_evaluation(args.checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
+    result = run_evaluation(checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
                             dataset=args.dataset, split=args.split, n_reference=args.n_reference,
                             extractor=args.extractor, batch_size=args.batch_size,
                             guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, clip_x0=args.clip_x0,
                             ema=not args.no_ema,
                             device=None if args.device == "auto" else args.device, cache_dir=args.cache_dir,
-                            out=out)
+                            out=out, vae=vae)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=str))
     print(f"wrote {out}")
     return 0

@@ -8,10 +8,12 @@ the device and precision, and hands the config to its task (``config.task``).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from ..checkpoint import run_lock
 from ..device import resolve_precision
 from .config import TrainConfig, validate_config
 from .distributed import close_distributed, init_distributed
@@ -29,7 +31,8 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
 
     ``dataset`` replaces the config's named dataset (e.g. cached VAE latents); ``model`` (instead of
     the UNet built from the preset) and ``extra_state`` apply to the diffusion task. Under ``torchrun``
-    each process trains its share of the global batch.
+    each process trains its share of the global batch. The run holds ``output_dir``'s lock
+    (:func:`~diffusion_lib.checkpoint.run_lock`): a second run on that folder fails at once.
     """
     config = validate_config(dataclasses.replace(config))
     threads = torch.get_num_threads()
@@ -40,8 +43,10 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
         device = resolve_device(config, dist_info)
         resolve_precision(config.precision, device)  # fail before loading data
         diffusion_only = {"model": model, "extra_state": extra_state} if config.task == "diffusion" else {}
-        return TRAIN_FUNCTIONS[config.task](config, resume=resume, dataset=dataset, dist_info=dist_info, device=device,
-                                  **diffusion_only)
+        # Before loading data: a second run on the same output_dir fails at once (RunLockedError).
+        with run_lock(config.output_dir) if dist_info.is_main else nullcontext():
+            return TRAIN_FUNCTIONS[config.task](config, resume=resume, dataset=dataset, dist_info=dist_info,
+                                                device=device, **diffusion_only)
     finally:
         close_distributed()
         torch.set_num_threads(threads)

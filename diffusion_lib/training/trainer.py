@@ -34,8 +34,17 @@ _BOOKKEEPING_KEYS = ("max_steps", "max_minutes", "output_dir", "progress", "chec
                      "tensorboard")
 
 
+#: The largest |weight| a checkpoint may hold. Trained weights of these networks are O(1); a run whose
+#: weights pass this has diverged even while they are finite (|w| ~ 1e38 a step before the loss is NaN).
+MAX_ABS_WEIGHT = 1e4
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss (or gradient norm) became NaN or infinite; training stopped before saving anything."""
+
+
+class DivergedWeightsError(NonFiniteLossError):
+    """The weights are NaN, infinite or beyond :data:`MAX_ABS_WEIGHT`; training stopped without saving them."""
 
 
 def resolve_device(config: TrainConfig, dist_info: DistInfo | None = None) -> torch.device:
@@ -156,8 +165,27 @@ class Trainer:
             **self.extra_state,
         }
 
+    def check_weights(self) -> None:
+        """Raise :class:`DivergedWeightsError` unless every weight of the model and its EMA is finite and
+        at most :data:`MAX_ABS_WEIGHT` in size, so that every checkpoint written is a good one."""
+        for which, module in (("model", self.model), ("ema", self.ema.module)):
+            params = [(name, p) for name, p in module.named_parameters() if p.is_floating_point()]
+            if not params:
+                continue
+            largest = torch.stack([p.detach().abs().max().float() for _, p in params]).cpu()
+            bad = (~torch.isfinite(largest)) | (largest > MAX_ABS_WEIGHT)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise DivergedWeightsError(
+                    f"the {which} weights diverged at step {self.step}: max |w| of {params[i][0]!r} is "
+                    f"{float(largest[i]):.3g} (a checkpoint needs finite weights within {MAX_ABS_WEIGHT:g}); "
+                    f"training stopped and this step was not saved; the last good checkpoint: "
+                    f"{self._last_checkpoint_text()}. Try a lower lr, grad_clip, or precision='fp32'.")
+
     def save(self) -> Path | None:
-        """Write ckpt_<step>.pt (rank 0; every rank contributes its RNG state) and prune old ones."""
+        """Write ckpt_<step>.pt (rank 0; every rank contributes its RNG state) and prune old ones.
+        Diverged weights are never written (:meth:`check_weights`; every rank checks, so all stop together)."""
+        self.check_weights()
         rng_states = gather_objects(ckpt_io.rng_state(), self.dist)
         path = None
         if self.dist.is_main:
@@ -249,8 +277,13 @@ class Trainer:
         """Train until ``max_steps`` (or ``max_minutes``); resume from the latest (``True``) or a given checkpoint.
 
         ``max_minutes`` is checked every ``log_every`` steps (all DDP ranks agree): training stops there
-        with a checkpoint, and ``--resume`` continues exactly as after any other stop.
+        with a checkpoint, and ``--resume`` continues exactly as after any other stop. The run holds
+        ``output_dir``'s :func:`~diffusion_lib.checkpoint.run_lock`: a second run there fails at once.
         """
+        with ckpt_io.run_lock(self.output_dir) if self.dist.is_main else nullcontext():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool | str | Path) -> dict:
         c = self.config
         if resume:
             path = ckpt_io.latest_checkpoint(self.output_dir) if resume is True else Path(resume)
