@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, file_digest, load_vae
+from .checkpoint import atomic_write, file_digest, load_vae, verify_checkpoint_file
 from .checkpoint import cache_dir as checkpoint_cache_dir
 from .data.datasets import ImageFolderDataset, ImageTensorDataset
 from .data.images import count_images, iter_batches, to_float
@@ -211,6 +211,7 @@ def encode_dataset(dataset, vae, *, device: str | torch.device | None = None, ba
         f"{(fingerprint or '')[:16]}-{sha[:16]}.pt"
     if fingerprint is not None and path.is_file():
         try:
+            verify_checkpoint_file(path)  # a flipped byte would give wrong latents: recompute instead
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if (cached.get("version") == CACHE_VERSION and cached.get("vae_sha256") == sha
                     and cached.get("dataset_fingerprint") == fingerprint):

@@ -105,14 +105,15 @@ def test_the_grid_shows_the_class_asked_for():
     assert (predicted == 3).sum() >= 5, predicted
 
 
-def test_a_vae_with_another_sha256_is_refused_before_sampling(no_runs, capsys, monkeypatch):
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_a_vae_with_another_sha256_is_refused_before_sampling(no_runs, capsys, monkeypatch, command):
     import diffusion_lib.pipelines.generate as generate_module
 
     monkeypatch.setattr(generate_module, "sample_in_batches", lambda *a, **k: pytest.fail("sampled"))
     other = no_runs / "other_vae.pt"
     shutil.copy(SHIPPED / "fashion_vae.pt", other)
     flip(other, other.stat().st_size // 2)  # another file (here: damaged) under another name
-    code = cli.main(["sample", "--checkpoint", "fashion_latent_ddpm", "--vae", str(other), "--out", "x.png"])
+    code = cli.main([command, "--checkpoint", "fashion_latent_ddpm", "--vae", str(other), "--out", "x.png"])
     err = capsys.readouterr().err
     assert code == 2 and "other_vae.pt' has sha256" in err and "trained with the VAE file of sha256 15b54ae004afab63" in err
     assert "the shipped fashion_vae" in err and not Path("x.png").exists()
@@ -135,9 +136,13 @@ def test_the_vae_is_fetched_when_it_is_not_on_the_machine(tmp_path, monkeypatch)
         pretrained.resolve_vae(info, progress=False)
 
 
-def test_a_latent_model_whose_vae_is_nowhere_says_to_pass_vae(tmp_path):
+def test_a_latent_model_whose_vae_is_missing_or_another_is_refused(tmp_path):
     info = {"path": "latent.pt", "vae": str(tmp_path / "gone" / "vae.pt"), "vae_sha256": "ab" * 32}
     with pytest.raises(FileNotFoundError, match=r"latent\.pt is a latent-diffusion model.*gone/vae\.pt.*--vae FILE"):
+        pretrained.resolve_vae(info)
+    info["vae"] = str(SHIPPED / "fashion_vae.pt")  # a file at the recorded path, but another one
+    with pytest.raises(ValueError, match=r"fashion_vae\.pt' has sha256 15b54ae004afab63\.\.\., but latent\.pt was "
+                                         r"trained with the VAE file of sha256 abababababababab"):
         pretrained.resolve_vae(info)
     with pytest.raises(ValueError, match="pixel-space model, which takes no VAE"):
         pretrained.resolve_vae({"path": "pixel.pt", "vae": None}, "fashion_vae")
