@@ -287,8 +287,8 @@ def run_lock(folder: str | Path, *, wait: bool = False):
     notebook: a second run on the same folder raises :class:`RunLockedError` at once (``wait=False``) or
     waits until the first has finished (``wait=True``, what notebooks that share a run want). The lock
     is ``flock`` on ``<folder>/.lock``, released by the system when the process dies; the thread that
-    holds it may take it again. Where the file system or the system has no ``flock`` (Windows, some
-    network folders) nothing is locked, with a warning.
+    holds it may take it again. Without ``fcntl`` (Windows) nothing is locked; on a file system that
+    refuses ``flock`` (some network folders) nothing is locked either, with a warning.
     """
     folder = Path(folder)
     try:

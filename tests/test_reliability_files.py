@@ -119,14 +119,19 @@ def test_a_vae_with_another_sha256_is_refused_before_sampling(no_runs, capsys, m
     assert "the shipped fashion_vae" in err and not Path("x.png").exists()
 
 
-def test_the_vae_is_fetched_when_it_is_not_on_the_machine(tmp_path, monkeypatch):
+def test_model_and_vae_are_fetched_when_they_are_not_on_the_machine(tmp_path, monkeypatch):
+    # A regular install (Colab): no checkpoints/ folder; the command fetches both into the cache.
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv(download.OFFLINE_ENV, raising=False)
     monkeypatch.setattr(pretrained, "checkpoint_dirs", lambda: [tmp_path / "env", pretrained.cache_dir()])
-    _, _, info = load_model(SHIPPED / "fashion_cfg.pt")
     with FolderServer(SHIPPED) as server:
         monkeypatch.setenv(pretrained.CHECKPOINTS_URL_ENV, server.url)
-        path = pretrained.resolve_vae(info, progress=False)
+        assert cli.main(["sample", "--checkpoint", "fashion_cfg", "--class", "3", "--n", "1", "--steps", "1",
+                         "--out", "grid.png", "--threads", "1"]) == 0
+    assert Path("grid.png").is_file()
+    _, _, info = load_model(pretrained.cache_dir() / "fashion_cfg.pt")
+    path = pretrained.resolve_vae(info, progress=False)
     assert path == pretrained.cache_dir() / "fashion_vae.pt"
     assert download.sha256_of(path) == info["vae_sha256"]
     path.unlink()
