@@ -16,7 +16,9 @@ The first file found wins, and a shipped name's file must have the manifest's sh
 file is refused; one in the cache is fetched again). When none is found, :func:`fetch_checkpoint`
 downloads the file and its card into the cache from :func:`checkpoints_url` (the repository's
 ``checkpoints/`` on GitHub, or ``$DIFFUSION_CHECKPOINTS_URL``), as a regular pip install (Colab)
-has no ``checkpoints/`` folder. A notebook calls :func:`load_or_train`: the shipped model when
+has no ``checkpoints/`` folder. The command line takes a shipped name wherever it takes a checkpoint
+file (:func:`resolve_checkpoint`), and finds a latent model's VAE the same way, by the sha256 its
+checkpoint records (:func:`resolve_vae`). A notebook calls :func:`load_or_train`: the shipped model when
 there is one (never in the ``smoke`` profile, whose outputs must not depend on downloaded files),
 otherwise, and after one line saying why when the download failed, a model trained in the notebook
 with :func:`notebook_config`'s configuration for the profile. Such

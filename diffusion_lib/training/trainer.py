@@ -34,8 +34,9 @@ _BOOKKEEPING_KEYS = ("max_steps", "max_minutes", "output_dir", "progress", "chec
                      "tensorboard")
 
 
-#: The largest |weight| a checkpoint may hold. Trained weights of these networks are O(1); a run whose
-#: weights pass this has diverged even while they are finite (|w| ~ 1e38 a step before the loss is NaN).
+#: The largest |weight| a checkpoint may hold. The shipped models' largest |weight| is 1.2 to 3.5; a run
+#: whose weights pass this has diverged even while they are finite (a step before its loss is NaN they
+#: can reach 1e38).
 MAX_ABS_WEIGHT = 1e4
 
 
