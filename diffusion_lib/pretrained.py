@@ -33,7 +33,7 @@ import torch
 
 from .checkpoint import latest_checkpoint, load_model
 from .config import TrainConfig, config_to_dict, validate_config
-from .profiles import check_profile
+from .profiles import check_profile, dry_run_fields
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
 
@@ -137,13 +137,14 @@ _NOTEBOOK_CONFIGS: dict[str, dict[str, dict]] = {
 
 def notebook_config(name: str, profile: str, **overrides) -> TrainConfig:
     """The configuration the notebooks train ``name`` with in ``profile`` (fields replaced by
-    ``overrides``); ``output_dir`` is set by :func:`train_here`."""
+    ``overrides``, then cut by a dry run: :func:`~diffusion_lib.profiles.dry_run_fields`); ``output_dir``
+    is set by :func:`train_here`."""
     check_profile(profile)
     if profile not in _NOTEBOOK_CONFIGS.get(name, {}):
         available = [f"{n} ({', '.join(p)})" for n, p in _NOTEBOOK_CONFIGS.items()]
         raise ValueError(f"no notebook configuration for {name!r} in the {profile!r} profile; available: "
                          f"{'; '.join(available)}")
-    fields = {**_NOTEBOOK_CONFIGS[name][profile], **overrides}
+    fields = dry_run_fields(profile, {**_NOTEBOOK_CONFIGS[name][profile], **overrides})
     return validate_config(TrainConfig(**{**fields, "output_dir": fields.get("output_dir", "runs/default")}))
 
 
