@@ -33,7 +33,7 @@ import torch
 
 from .checkpoint import latest_checkpoint, load_model
 from .config import TrainConfig, config_to_dict, validate_config
-from .profiles import check_profile, dry_run_fields
+from .profiles import check_profile, dry_run_cap, dry_run_fields
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
 
@@ -212,8 +212,9 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
 def load_or_train(name: str, config: TrainConfig, *, profile: str, device: str | torch.device | None = None,
                   output_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, Any, dict]:
     """The shipped model ``name`` when :func:`find_checkpoint` finds it and ``profile`` is not
-    "smoke"; otherwise :func:`train_here` with ``config``. ``info["source"]`` says which."""
-    if check_profile(profile) != "smoke" and find_checkpoint(name) is not None:
+    "smoke" (nor a dry run of the gpu profile, which checks the gpu training branch); otherwise
+    :func:`train_here` with ``config``. ``info["source"]`` says which."""
+    if check_profile(profile) != "smoke" and dry_run_cap(profile) is None and find_checkpoint(name) is not None:
         return load_pretrained(name, device=device or "cpu")
     return train_here(name, config, profile=profile, device=device, output_dir=output_dir, progress=progress)
 

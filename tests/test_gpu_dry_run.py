@@ -2,7 +2,7 @@
 
 The committed outputs are the cpu profile's and nbval checks them in the smoke profile, so neither
 ever executes a `gpu=` size or an `if profile == "gpu"` branch. Here each notebook runs top to bottom
-with DIFFUSION_PROFILE=gpu and DIFFUSION_DRY_RUN=4 (every count cut to 4, T to 100), offline, on
+with DIFFUSION_PROFILE=gpu and DIFFUSION_DRY_RUN=4 (every count cut to 4, T to 20), offline, on
 CIFAR-10 (and, for chapter 7, ImageNet-100) copies in their real formats; any error fails the test
 with the cell that raised it. Outputs are not compared: a dry run's numbers mean nothing.
 
@@ -49,6 +49,8 @@ def execute(notebook: Path, tmp_path: Path, monkeypatch, data_home: Path):
     env = {"DIFFUSION_PROFILE": "gpu", "DIFFUSION_DRY_RUN": DRY_RUN, "DIFFUSION_DATA": str(data_home),
            "DIFFUSION_OFFLINE": "1", "DIFFUSION_CACHE": str(tmp_path / "cache"), "DIFFUSION_DEVICE": "cpu",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYTHONHASHSEED": "0",
+           # one thread: on a busy 2-core machine two threads made the training steps up to ten times slower
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -60,6 +62,18 @@ def execute(notebook: Path, tmp_path: Path, monkeypatch, data_home: Path):
     start = time.perf_counter()
     client.execute()
     return nb, time.perf_counter() - start
+
+
+def cell_seconds(nb):
+    """(seconds, index) of every executed code cell, from nbclient's timestamps."""
+    from datetime import datetime
+
+    for i, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            start, end = (datetime.fromisoformat(stamps[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            yield (end - start).total_seconds(), i
 
 
 def cases():
@@ -77,7 +91,8 @@ def test_chapter_runs_in_gpu_dry_run(notebook, data, data_homes, tmp_path, monke
         nb, seconds = execute(notebook, tmp_path, monkeypatch, data_homes[data])
     except CellExecutionError as e:  # its message holds the cell's source and the traceback
         pytest.fail(f"{notebook.name} fails in the gpu profile (dry run, {data}):\n{e}", pytrace=False)
-    print(f"{notebook.name} ({data}): {seconds:.1f} s")
+    print(f"{notebook.name} ({data}): {seconds:.1f} s; slowest cells: "
+          + ", ".join(f"{i} ({t:.1f} s)" for t, i in sorted(cell_seconds(nb), reverse=True)[:3]))
     assert nb.cells[-1].outputs[0]["text"] == f"gpu {DRY_RUN}\n"
 
 

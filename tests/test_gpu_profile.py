@@ -178,3 +178,14 @@ def test_missing_gpu_data_names_the_folder_and_layout(tmp_path, monkeypatch):
         course_models.load_or_train_classifier("gpu", course_models.classifier_config("gpu", "imagenet100"),
                                                output_dir=tmp_path / "classifier")
     assert str(tmp_path / "imagenet100") in str(info.value) and "train/<class>/" in str(info.value)
+
+
+def test_dry_run_trains_instead_of_loading_shipped_models(monkeypatch):
+    monkeypatch.setattr(pretrained, "find_checkpoint", lambda name: Path(f"{name}.pt"))
+    monkeypatch.setattr(pretrained, "load_pretrained", lambda name, **kw: "shipped")
+    monkeypatch.setattr(pretrained, "train_here", lambda name, config, **kw: "trained here")
+    config = pretrained.notebook_config("fashion_ddpm_linear", "gpu")
+    assert pretrained.load_or_train("fashion_ddpm_linear", config, profile="gpu") == "shipped"
+    monkeypatch.setenv("DIFFUSION_DRY_RUN", "4")
+    assert pretrained.load_or_train("fashion_ddpm_linear", config, profile="gpu") == "trained here"
+    assert pretrained.load_or_train("fashion_ddpm_linear", config, profile="cpu") == "shipped"

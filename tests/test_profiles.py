@@ -76,7 +76,7 @@ def test_dry_run_cuts_training_configurations(monkeypatch):
     assert full == {"max_steps": 3, "batch_size": 3, "warmup_steps": 3, "log_every": 3,
                     "num_timesteps": profiles.DRY_RUN_MAX_TIMESTEPS, "lr": 2e-4}
     config = pretrained.notebook_config("cifar10_ddpm", "gpu")
-    assert (config.model, config.max_steps, config.batch_size, config.num_timesteps) == ("ddpm_cifar10", 3, 3, 100)
+    assert (config.model, config.max_steps, config.batch_size, config.num_timesteps) == ("ddpm_cifar10", 3, 3, 20)
     assert course_models.vae_config("gpu").max_steps == 3
     assert course_models.classifier_config("gpu").batch_size == 3
     assert course_models.latent_config("gpu", None, class_conditional=True).max_steps == 3
