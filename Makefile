@@ -41,7 +41,8 @@ gpu-checkpoints:
 	PYTHON=$(PYTHON) bash scripts/gpu_checkpoints.sh
 
 # Student notebooks and autograders from every chapter's exercises (otter assign; offline, runs
-# nothing): assignments/student/<chapter>/, assignments/autograder/<chapter>/ (see book/teachers.md).
+# nothing): assignments/student/<chapter>/, assignments/autograder/<chapter>/, and the student
+# notebooks again in exercises/, committed, which the chapters link on Colab (see book/teachers.md).
 assignments: install
 	$(PYTHON) scripts/make_assignments.py
 

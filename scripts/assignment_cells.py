@@ -6,7 +6,9 @@ cells between raw ``# BEGIN QUESTION`` and ``# END QUESTION`` cells (YAML after 
 ``# BEGIN TESTS`` / ``# END TESTS`` around the test cells (a test cell starting ``# HIDDEN`` is used
 for grading only). ``otter assign`` turns them into a student and an autograder notebook
 (scripts/make_assignments.py). The book shows the chapter itself, so its tags decide what readers
-see (``exercise_problems``): the exercise text, the solutions behind a toggle, never the grading cells.
+see (``exercise_problems``): the exercise text, the solutions folded under "Solution", never the
+grading cells. A Markdown cell tagged ``exercises-link`` links the chapter's student version; the
+assignments leave it out, as they leave out the solutions' "Solution" fold (``SOLUTION_TITLE``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import yaml
 CONFIG = re.compile(r"#\s+assignment\s+config\b", re.IGNORECASE)
 MARKER = re.compile(r"#\s+(begin|end)\s+(question|prompt|solution|tests)\b", re.IGNORECASE)
 OTTER_FENCE = re.compile(r"^\s*```otter\s*$", re.MULTILINE)
-REMOVE, HIDE_INPUT = "remove-cell", "hide-input"
+REMOVE, HIDE_INPUT, LINK = "remove-cell", "hide-input", "exercises-link"
+# A solution code cell starts with this line and has SOLUTION_METADATA: Colab shows it folded
+# under "Solution" (Jupyter shows the line above the code), the book behind a "Show solution" toggle.
+SOLUTION_TITLE = '#@title Solution { display-mode: "form" }'
+SOLUTION_METADATA = {"cellView": "form", "mystnb": {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}}
 
 
 @dataclass
@@ -82,8 +88,9 @@ def exercise_problems(nb) -> list[str]:
     (empty when fine).
 
     Config, boundary and test cells are tagged ``remove-cell``; solution code cells ``hide-input``
-    (shown behind a toggle); the question's own text is not removed; blocks are closed. Test cells
-    are executed: otter takes the result a test expects from the test cell's saved output.
+    (shown behind a toggle) and labelled "Solution" (``SOLUTION_TITLE``, ``SOLUTION_METADATA``); the
+    question's own text is not removed; blocks are closed. Test cells are executed: otter takes the
+    result a test expects from the test cell's saved output.
     """
     problems, stack = [], []
     for i, cell in enumerate(nb.cells):
@@ -111,6 +118,9 @@ def exercise_problems(nb) -> list[str]:
         elif block == "solution" and cell.cell_type == "code":
             if REMOVE in tags or HIDE_INPUT not in tags:
                 problems.append(f"{where} is a solution cell: tag it '{HIDE_INPUT}' (shown behind a toggle), not '{REMOVE}'")
+            if _first_line(cell) != SOLUTION_TITLE or any(cell.metadata.get(k) != v for k, v in SOLUTION_METADATA.items()):
+                problems.append(f"{where} is a solution cell: label it (first line {SOLUTION_TITLE!r}, "
+                                f"metadata {SOLUTION_METADATA})")
         elif block == "solution" and cell.cell_type == "markdown" and "dropdown" not in cell.source:
             problems.append(f"{where} is a Markdown solution: put it in a dropdown (or a code cell tagged '{HIDE_INPUT}')")
         elif block in ("question", "prompt") and REMOVE in tags:

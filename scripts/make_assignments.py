@@ -7,6 +7,8 @@ For every chapter notebook with a raw ``# ASSIGNMENT CONFIG`` cell this writes
     assignments/student/<chapter>/tests/                the public tests (also inside the notebook)
     assignments/autograder/<chapter>/<chapter>.ipynb    the solutions, for the teacher
     assignments/autograder/<chapter>/<chapter>-autograder.zip   all tests, for `otter run`
+    exercises/<chapter>.ipynb                           the student notebook, committed: the chapter's
+                                                        "Open in Colab" link opens it (EXERCISES)
 
 Offline, and nothing is executed (`otter assign --no-run-tests`): tests/test_assignments.py runs
 the results in the smoke profile, as grading does (scripts/grade_assignments.py). Two things are
@@ -17,7 +19,10 @@ dependencies (otter 7 asks for ipywidgets 8, which would replace Colab's ipywidg
 everywhere it writes the public tests missing from ``tests/``, so the notebook alone is enough: a
 Colab runtime has nothing but the notebook.
 
-Usage: python scripts/make_assignments.py [--out assignments] [NOTEBOOK ...]
+The chapter's own presentation stays out of the assignments: the link to the student version
+(the cell tagged ``exercises-link``) and the "Solution" fold and toggle of the solution cells.
+
+Usage: python scripts/make_assignments.py [--out assignments] [--exercises exercises] [NOTEBOOK ...]
        (default: every notebooks/NN_*.ipynb that has an assignment config)
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import shutil
 import sys
@@ -34,9 +40,11 @@ from pathlib import Path
 
 import nbformat
 import yaml
-from assignment_cells import assignment_config, is_config_cell
+from assignment_cells import HIDE_INPUT, LINK, SOLUTION_METADATA, SOLUTION_TITLE, assignment_config, is_config_cell, questions
 from notebook_rules import ROOT, notebook_paths
 from packaging.requirements import Requirement
+
+EXERCISES = ROOT / "exercises"
 
 
 def otter_requirement(name: str) -> str:
@@ -93,9 +101,32 @@ def assignment_notebooks() -> list[Path]:
     return [p for p in notebook_paths() if has_assignment(p)]
 
 
+def colab_url(path: Path) -> str:
+    """The Colab address of ``path`` (in this repository) on the branch the book publishes."""
+    repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    github = repository["url"].removeprefix("https://github.com/").rstrip("/")
+    return f"https://colab.research.google.com/github/{github}/blob/{repository['branch']}/{path.relative_to(ROOT).as_posix()}"
+
+
+def unlabel_solution(cell) -> None:
+    """The solution cell without the chapter's "Solution" fold: the student's answer cell is open."""
+    if cell.source.split("\n", 1)[0] == SOLUTION_TITLE:
+        cell.source = cell.source.split("\n", 1)[1] if "\n" in cell.source else ""
+    for key in SOLUTION_METADATA:
+        cell.metadata.pop(key, None)
+    tags = cell.metadata.get("tags", [])
+    if HIDE_INPUT in tags:
+        tags.remove(HIDE_INPUT)
+
+
 def master_copy(path: Path, folder: Path) -> Path:
-    """A copy of the chapter in ``folder`` with the settings the assignments need."""
+    """A copy of the chapter in ``folder`` with the settings the assignments need, without the
+    chapter's link to its student version and the fold of its solutions."""
     nb = nbformat.read(path, as_version=4)
+    for question in questions(nb):
+        for i in question.solution_cells:
+            unlabel_solution(nb.cells[i])
+    nb.cells = [c for c in nb.cells if LINK not in c.metadata.get("tags", [])]
     cell = next(c for c in nb.cells if is_config_cell(c))
     config = assignment_config(nb)
     config.update(FORCED_CONFIG)
@@ -129,10 +160,9 @@ def finish_notebook(path: Path, student: bool) -> None:
     nb.cells.insert(setup + 1, init_cell(path.parent / "tests"))
     if student:
         nb.metadata.pop("widgets", None)  # the cpu run's widget state; the student version has no outputs
-        for cell in nb.cells:
-            tags = cell.metadata.get("tags", [])
-            if "otter_answer_cell" in tags and "hide-input" in tags:
-                tags.remove("hide-input")  # the book's toggle; the student's answer stays visible
+    for i, cell in enumerate(nb.cells):
+        if "id" in cell:  # otter gives its new cells random ids; these stay the same when regenerated
+            cell.id = hashlib.sha1(f"{i}\n{cell.source}".encode()).hexdigest()[:8]
     nbformat.write(nb, path)
 
 
@@ -165,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter with an assignment config")
     parser.add_argument("--out", type=Path, default=ROOT / "assignments", help="default: assignments/")
+    parser.add_argument("--exercises", type=Path, default=EXERCISES,
+                        help="where the student notebooks are copied to (default: exercises/, committed)")
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or assignment_notebooks()
     for path in paths:
@@ -172,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.name}: no '# ASSIGNMENT CONFIG' cell, skipped")
             continue
         made = make_assignment(path, args.out.resolve())
+        args.exercises.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made["student"], args.exercises / made["student"].name)
         print(f"{path.stem}: {made['student'].relative_to(args.out.resolve().parent)}, "
-              f"{made['zip'].relative_to(args.out.resolve().parent)}")
+              f"{made['zip'].relative_to(args.out.resolve().parent)}, {args.exercises / made['student'].name}")
     return 0
 
 

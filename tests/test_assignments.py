@@ -5,7 +5,8 @@ For each chapter: (a) the student notebook, unchanged, runs without an error and
 report failure at the stubs; (b) the solutions notebook gets full marks; (c) the student notebook
 with the solutions filled in and one of them deliberately wrong loses exactly that question's
 points. All runs are notebook executions in the smoke profile, two at a time (the machine has two
-cores); they run once, in the module's fixture, and each test reads its result.
+cores); they run once, in the module's fixture, and each test reads its result. The student
+notebooks committed in exercises/ (the chapters link them on Colab) are the ones generated here.
 """
 
 import ast
@@ -23,9 +24,9 @@ import pytest
 pytest.importorskip("otter", reason="otter-grader (requirements.txt) builds the assignments; Colab lacks it")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from assignment_cells import exercise_problems, questions  # noqa: E402
+from assignment_cells import LINK, SOLUTION_METADATA, SOLUTION_TITLE, exercise_problems, marker, questions  # noqa: E402
 from grade_assignments import course_environment, grade  # noqa: E402
-from make_assignments import assignment_notebooks, make_assignment  # noqa: E402
+from make_assignments import EXERCISES, assignment_notebooks, colab_url, make_assignment  # noqa: E402
 
 CHAPTERS = assignment_notebooks()
 CHECK = re.compile(r'^grader\.check\("([^"]+)"\)$')
@@ -186,9 +187,56 @@ def test_student_notebook_is_set_up_for_colab(generated, path):
     assert "otter-init" in code[1].metadata["tags"] and "import otter" in code[1].source
     assert not any("import otter" in c.source for c in code[2:]), "otter is imported once, after the set-up cell"
     assert "--no-deps" in code[1].source and "otter-grader==" in code[1].source
-    assert "# HIDDEN" not in nbformat.writes(nb), "hidden tests must not reach students"
+    text = nbformat.writes(nb)
+    assert "# HIDDEN" not in text, "hidden tests must not reach students"
+    assert SOLUTION_TITLE.split(" {")[0] not in text and LINK not in text, "the chapter's own presentation stays out"
     names = {q.name for q in questions(nbformat.read(path, as_version=4))}
     assert set(answer_cells(nb)) == names, "every question needs a public check (grader.check cell)"
+
+
+def comparable(nb) -> list[dict]:
+    """The cells of a student notebook, without the versions in the otter cell's pip line (those of
+    the otter-grader that generated it; the cell itself is checked above)."""
+    cells = []
+    for cell in nb.cells:
+        cell = dict(cell)
+        if "otter-init" in cell["metadata"].get("tags", []):
+            cell["source"] = "\n".join(re.sub(r"(==|>=|<=|<|>)[0-9][\w.]*", r"\1*", line) if "--no-deps" in line else line
+                                       for line in cell["source"].split("\n"))
+        cells.append(cell)
+    return cells
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_committed_student_notebook_is_the_generated_one(generated, path):
+    committed = EXERCISES / f"{path.stem}.ipynb"
+    regenerate = f"regenerate it: python scripts/make_assignments.py {path.relative_to(ROOT)}"
+    assert committed.is_file(), f"{committed.relative_to(ROOT)} is missing: {regenerate}"
+    new = comparable(nbformat.read(files(generated, path.stem)["student"], as_version=4))
+    old = comparable(nbformat.read(committed, as_version=4))
+    differ = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    assert old == new, (f"{committed.relative_to(ROOT)} differs from what {path.name} makes, from cell {differ} "
+                        f"({len(old)} cells committed, {len(new)} generated): {regenerate}")
+
+
+def test_the_exercises_folder_holds_a_student_notebook_per_chapter_and_nothing_else():
+    assert sorted(p.name for p in EXERCISES.glob("*.ipynb")) == sorted(p.name for p in CHAPTERS)
+
+
+def test_the_teachers_page_gives_the_student_link():
+    url = colab_url(EXERCISES / "<chapter>.ipynb")
+    assert url in (ROOT / "book" / "teachers.md").read_text(), f"book/teachers.md should give {url}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_chapter_links_its_student_version_on_colab(path):
+    nb = nbformat.read(path, as_version=4)
+    links = [i for i, c in enumerate(nb.cells) if LINK in c.metadata.get("tags", [])]
+    first_question = next(i for i, c in enumerate(nb.cells) if marker(c) == ("begin", "question"))
+    url = colab_url(EXERCISES / path.name)
+    assert re.fullmatch(rf"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/exercises/{path.name}", url)
+    assert len(links) == 1 and links[0] < first_question, f"one cell tagged '{LINK}', above the exercises"
+    assert f"]({url})" in nb.cells[links[0]].source, f"the link should be {url}"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -284,7 +332,7 @@ def test_exercise_problems_finds_grading_cells_the_book_would_show_and_unrun_tes
         cell("raw", "# BEGIN QUESTION\nname: q1\npoints: 1", remove),
         cell("markdown", "**Exercise 1.** Write `f`."),
         cell("raw", "# BEGIN SOLUTION", remove),
-        cell("code", "def f():\n    return 1  # SOLUTION", ["hide-input"]),
+        cell("code", f"{SOLUTION_TITLE}\ndef f():\n    return 1  # SOLUTION", ["hide-input"]),
         cell("raw", "# END SOLUTION", remove),
         cell("raw", "# BEGIN TESTS", remove),
         cell("code", "f() == 1", remove),
@@ -292,6 +340,7 @@ def test_exercise_problems_finds_grading_cells_the_book_would_show_and_unrun_tes
         cell("raw", "# END TESTS", remove),
         cell("raw", "# END QUESTION", remove),
     ]
+    good[4].metadata.update(SOLUTION_METADATA)
     nb = nbformat.v4.new_notebook(cells=good)
     assert exercise_problems(nb) == []
     assert [(q.name, q.points, q.solution_cells, q.test_cells) for q in questions(nb)] == [("q1", 1, [4], [7, 8])]
@@ -299,10 +348,11 @@ def test_exercise_problems_finds_grading_cells_the_book_would_show_and_unrun_tes
     good[1].metadata["tags"] = []            # a marker cell the book would show
     good[2].metadata["tags"] = remove        # the exercise's text removed from the book
     good[4].metadata["tags"] = []            # a solution shown without a toggle
+    good[4].source = good[4].source.split("\n", 1)[1]  # nor the word Solution above it
     good[8].metadata["tags"] = ["hide-input"]  # a hidden test behind a toggle
     good[7].execution_count = None           # a test without the output otter takes as expected
     problems = "\n".join(exercise_problems(nbformat.v4.new_notebook(cells=good[:-1])))
     for expected in ("cell 1 (# BEGIN QUESTION) is a grading cell", "cell 2 is part of the exercise's text",
-                     "cell 4 is a solution cell", "cell 8 is a test cell", "cell 7 is a test cell without its output",
+                     "cell 4 is a solution cell: tag it", "cell 4 is a solution cell: label it", "cell 8 is a test cell", "cell 7 is a test cell without its output",
                      "unclosed otter block(s): question"):
         assert expected in problems
