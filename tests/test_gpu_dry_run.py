@@ -8,7 +8,9 @@ with the cell that raised it. Outputs are not compared: a dry run's numbers mean
 
     DIFFUSION_PROFILE=gpu DIFFUSION_DRY_RUN=4 DIFFUSION_DATA=<folder> jupyter nbconvert --execute ...
 
-is the same by hand; `pytest tests/test_gpu_dry_run.py` writes the data itself.
+is the same by hand; `pytest tests/test_gpu_dry_run.py` writes the data itself. It runs on the CPU;
+on a machine with a GPU, `DIFFUSION_DEVICE=cuda pytest tests/test_gpu_dry_run.py` also runs the
+chapters' CUDA branches (timing, peak memory).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def execute(notebook: Path, tmp_path: Path, monkeypatch, data_home: Path):
     work.mkdir()
     (tmp_path / "benchmarks").symlink_to(REPO / "benchmarks")
     env = {"DIFFUSION_PROFILE": "gpu", "DIFFUSION_DRY_RUN": DRY_RUN, "DIFFUSION_DATA": str(data_home),
-           "DIFFUSION_OFFLINE": "1", "DIFFUSION_CACHE": str(tmp_path / "cache"), "DIFFUSION_DEVICE": "cpu",
+           "DIFFUSION_OFFLINE": "1", "DIFFUSION_CACHE": str(tmp_path / "cache"),
+           "DIFFUSION_DEVICE": os.environ.get("DIFFUSION_DEVICE") or "cpu",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYTHONHASHSEED": "0",
            # one thread: on a busy 2-core machine two threads made the training steps up to ten times slower
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
