@@ -15,7 +15,7 @@ For each sampler ("arm"):
   shipped pixel models' cards) do. Samples and their features are kept in ``--work-dir``, so an
   interrupted run resumes and the study can run in pieces.
 
-The two claims checked (DESIGN.md): "DDIM-250 is 4x faster than DDPM-1000" (the ratio of model calls,
+The two claims checked (ARCHITECTURE.md, "Facts"): "DDIM-250 is 4x faster than DDPM-1000" (the ratio of model calls,
 1000 / 250) and "DDIM uses ~30 % less peak memory" (at equal batch size both samplers hold the same
 tensors, so the peak should be equal); ``timing.claims`` in the JSON compares DDPM with the DDIM arm of
 T/4 steps.
@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 DEFAULT_ARMS = ("ddpm1000", "ddim250", "ddim100", "ddim50", "ddim20", "ddim10", "dpm20", "dpm10")
 SAMPLER_NAMES = {"ddpm": "ddpm", "ddim": "ddim", "dpm": "dpm_solver"}
@@ -91,7 +90,7 @@ def resolve_checkpoint(args) -> Path:
     if args.checkpoint:
         path = Path(args.checkpoint)
     else:
-        from diffusion_lib.pretrained import find_checkpoint
+        from diffusion_lib.course.pretrained import find_checkpoint
 
         path = find_checkpoint(args.pretrained)
         if path is None:
@@ -109,24 +108,11 @@ def load(path: Path, device: torch.device):
     return model.float().eval(), schedule, info
 
 
-def machine(device) -> dict:
-    from diffusion_lib.metrics.evaluate import machine_info
-
-    info = machine_info(device)
-    info["load_average"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    info["cpu_count"] = os.cpu_count()
-    return info
-
-
-def pick_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 # ------------------------------------------------------------------------------------------ timing
 def time_one_arm(checkpoint: Path, arm_name: str, batch: int, device: torch.device, seed: int,
                  repeats: int) -> dict:
     """Run in a fresh process (``--child``): load, warm up, sample one batch ``repeats`` times."""
-    from diffusion_lib.metrics.evaluate import peak_rss_mib
+    from diffusion_lib.pipelines.machine import peak_rss_mib
     from diffusion_lib.samplers import sample
 
     cuda = device.type == "cuda"
@@ -188,8 +174,9 @@ def run_child(checkpoint: Path, arm: str, args, device: torch.device) -> dict:
 def samples_for(arm: dict, n: int, model, schedule, info, args, device, folder: Path) -> tuple[torch.Tensor, dict]:
     """``n`` uint8 samples of ``arm`` (seeded; the first k of a larger set equal a run of k), cached, and
     where and how fast they were drawn (``--parts samples`` on a GPU, the scores later on a CPU)."""
+    from diffusion_lib.pipelines.machine import machine_info
     from diffusion_lib.metrics import to_uint8
-    from diffusion_lib.metrics.evaluate import generate
+    from diffusion_lib.pipelines.generate import generate
 
     name = f"samples_{arm['arm']}{'_clip' if args.clip_x0 else ''}_seed{args.seed}_b{args.sample_batch}"
     for path in sorted(folder.glob(f"{name}_n*.pt")):
@@ -201,7 +188,7 @@ def samples_for(arm: dict, n: int, model, schedule, info, args, device, folder: 
     images = generate(model, schedule, info, sampler=arm["sampler"], steps=arm["steps"], n=n,
                       batch_size=args.sample_batch, seed=args.seed, guidance_scale=1.0, eta=0.0, device=device,
                       progress=True, clip_x0=args.clip_x0)
-    origin = {"sampling_seconds": time.perf_counter() - start, "n": n, "machine": machine(device)}
+    origin = {"sampling_seconds": time.perf_counter() - start, "n": n, "machine": machine_info(device)}
     images = to_uint8(images)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(images, folder / f"{name}_n{n}.pt")
@@ -290,10 +277,10 @@ def read_results(path: Path, checkpoint_sha: str, fresh: bool) -> dict:
 
 
 def write_results(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    from diffusion_lib.checkpoint import atomic_write
+
+    text = json.dumps(data, indent=1, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def describe_model(checkpoint: Path, info: dict, model, schedule, digest: str) -> dict:
@@ -344,6 +331,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from diffusion_lib.device import pick_device
+    from diffusion_lib.pipelines.machine import machine_info
+
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -373,7 +363,7 @@ def main(argv=None) -> int:
         for arm in arms:
             print(f"timing {arm['arm']} (batch {args.batch}, {arm['nfe']} model calls) ...", flush=True)
             result = run_child(checkpoint, arm["arm"], args, device)
-            result["machine"] = machine(device)
+            result["machine"] = machine_info(device)
             data["timing"]["arms"][arm["arm"]] = result
             data["timing"]["claims"] = claims(data["timing"]["arms"])
             write_results(out, data)
@@ -393,11 +383,11 @@ def main(argv=None) -> int:
             reference_features,
             reference_stats,
         )
-        from diffusion_lib.metrics.evaluate import _dataset_options
+        from diffusion_lib.pipelines.evaluate import dataset_options
 
         net = get_extractor(args.extractor, device)
         dataset = (info.get("config") or {}).get("dataset")
-        options = _dataset_options(info.get("config") or {})
+        options = dataset_options(info.get("config") or {})
         ref_kw = dict(extractor=net, batch_size=args.feature_batch, device=device, **options)
         refs = {"kid": reference_features(dataset, args.reference_split, args.kid_reference, **ref_kw)}
         if any(a["nfe"] <= args.fid_max_nfe for a in arms):
@@ -408,7 +398,7 @@ def main(argv=None) -> int:
         for arm in arms:
             print(f"quality {arm['arm']} ...", flush=True)
             result = quality_one_arm(arm, model, schedule, info, args, device, net, folder, refs)
-            result["machine"] = machine(device)
+            result["machine"] = machine_info(device)
             data["quality"]["arms"][arm["arm"]] = result
             write_results(out, data)
             fid = f", {result['fid']['label']} {result['fid']['value']:.2f}" if result["fid"] else ""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -33,10 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion_lib import metrics  # noqa: E402
-from diffusion_lib.metrics.evaluate import machine_info  # noqa: E402
+from diffusion_lib import metrics
+from diffusion_lib.pipelines.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 INCEPTION = "inception-v3-fid-torchscript"
@@ -158,7 +155,6 @@ def torch_fidelity_check() -> dict:
     out["note"] = ("torch-fidelity's own weights file is not reachable offline: its network is loaded with the "
                    "offline file's weights, so this checks resize, normalisation and architecture, not the weights")
     return out
-
 
 PARTS = ("extractor", "frechet", "torch_fidelity_check")
 

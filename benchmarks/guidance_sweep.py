@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "guidance_sweep.json"
 
 
@@ -52,15 +49,16 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--grid-dir", type=Path, default=REPO / "benchmarks" / "results" / "guidance_grids")
     return p.parse_args(argv)
 
 
 def load(args, device):
-    from diffusion_lib import course_models, latent, load_model, pretrained
-    from diffusion_lib.classifier_training import load_classifier
+    from diffusion_lib import latent, load_model
+    from diffusion_lib.course import pretrained, recipes
+    from diffusion_lib.checkpoint import load_classifier
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else pretrained.find_checkpoint("fashion_cfg")
     classifier_path = Path(args.classifier) if args.classifier else pretrained.find_checkpoint("fashion_classifier")
@@ -71,7 +69,7 @@ def load(args, device):
     model.float()
     decode, vae_file = None, None
     if info["vae"]:
-        vae_file = Path(args.vae) if args.vae else course_models.find_vae_for(info)
+        vae_file = Path(args.vae) if args.vae else recipes.find_vae_for(info)
         if vae_file is None:
             raise SystemExit(f"{checkpoint} is a latent model: pass --vae")
         vae = latent.load_vae(vae_file, device=device)
@@ -82,30 +80,22 @@ def load(args, device):
     return model, schedule, info, decode, classifier, described
 
 
-def machine(device) -> dict:
-    import os
-    m = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device),
-         "date": time.strftime("%Y-%m-%d %H:%M")}
-    if device.type == "cuda":
-        m["gpu"] = torch.cuda.get_device_name(device)
-    return m
-
-
 def main(argv=None) -> int:
-    from diffusion_lib.guidance_sweep import guidance_sweep
+    from diffusion_lib.device import pick_device
     from diffusion_lib.metrics import reference_stats
+    from diffusion_lib.pipelines.guidance_sweep import guidance_sweep
+    from diffusion_lib.pipelines.machine import machine_info
     from diffusion_lib.viz import save_grid
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     model, schedule, info, decode, classifier, described = load(args, device)
     data = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if data.get("model", {}).get("checkpoint") not in (None, described["checkpoint"]):
         data = {}  # another model: start over
-    data.update(model=described, machine=machine(device),
+    data.update(model=described, machine=machine_info(device),
                 command=" ".join(["benchmarks/guidance_sweep.py", *(argv if argv is not None else sys.argv[1:])]))
     common = dict(num_steps=args.steps, decode=decode, batch_size=args.batch_size, seed=args.seed,
                   prediction_type=info["prediction_type"], progress=True)

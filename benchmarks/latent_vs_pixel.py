@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -32,13 +31,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "latent_vs_pixel.json"
 ARMS = {"pixel": ("fashion_small", (1, 32, 32)), "latent": ("latent_small", (4, 8, 8))}
 
 
 def memory(device: torch.device) -> dict:
-    from diffusion_lib.metrics.evaluate import peak_rss_mib
+    from diffusion_lib.pipelines.machine import peak_rss_mib
 
     if device.type == "cuda":
         return {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20}
@@ -69,7 +67,7 @@ def build(arm: str, device: torch.device, checkpoint: str | None):
 def child(args) -> dict:
     """One arm, one phase, in this (fresh) process."""
     from diffusion_lib import sample
-    from diffusion_lib.training import diffusion_loss
+    from diffusion_lib.objective import diffusion_loss
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,17 +128,6 @@ def child(args) -> dict:
     return result
 
 
-def machine(device: torch.device) -> dict:
-    import os
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device)}
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -158,6 +145,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from diffusion_lib.pipelines.machine import machine_info
+
     args = parse_args(argv)
     if args.arm:  # a child: print one JSON line
         print(json.dumps(child(args)))
@@ -175,7 +164,7 @@ def main(argv=None) -> int:
               / by["latent", "train"]["cpu_ms_per_image"],
               "sample_cpu_per_image_pixel_over_latent": by["pixel", "sample"]["cpu_ms_per_image"]
               / by["latent", "sample"]["cpu_ms_per_image"]}
-    data = {"machine": machine(torch.device(args.device)), "command": " ".join(["benchmarks/latent_vs_pixel.py",
+    data = {"machine": machine_info(torch.device(args.device)), "command": " ".join(["benchmarks/latent_vs_pixel.py",
             *(argv if argv is not None else sys.argv[1:])]), "results": results, "ratios": ratios}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")

@@ -13,10 +13,8 @@ diffusers is a benchmark-only dependency (pip install diffusers); it is imported
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,20 +22,11 @@ from pathlib import Path
 import torch
 
 from diffusion_lib import NoiseSchedule, ddim_invert, ddim_sample, ddpm_sample, dpm_solver_sample
+from diffusion_lib.pipelines.machine import machine_info
 
 T = 1000
 STEPS = 50
 SHAPE = (1, 32, 32)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeats: int) -> dict:
@@ -106,7 +95,7 @@ def diffusers_steps(batch: int, repeats: int) -> dict:
 def agreement_with_diffusers() -> dict:
     """Max |ours − diffusers| after 50 DDIM steps (float64 inputs, a smooth stand-in model). diffusers
     keeps ᾱ in float32, so ~1e-5 is agreement; it also takes the previous timestep as t − T // S,
-    which departs from the "linspace" timestep array (DESIGN.md: take it from the array)."""
+    which departs from the "linspace" timestep array (ARCHITECTURE.md: take it from the array)."""
     from diffusers import DDIMScheduler
 
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -158,12 +147,7 @@ def main():
     import diffusers
 
     report = {
-        "machine": {
-            "cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        },
+        "machine": {**machine_info("cpu"), "diffusers": diffusers.__version__},
         "setup": {"num_train_timesteps": T, "num_steps": STEPS, "image_shape": list(SHAPE), "dtype": "float32",
                   "device": "cpu", "timing": f"per step = loop wall time / steps; median and min of {args.repeats} runs "
                   "after a warm-up; ours include the per-call setup (coefficients, timestep tensors)"},

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SCHEDULES = ("linear", "cosine")
 CONFIGS = {"linear": REPO / "configs" / "fashion_cpu.yaml", "cosine": REPO / "configs" / "fashion_cpu_cosine.yaml"}
@@ -49,7 +48,7 @@ COMMON = ["keep_last=1000", "sample_every=0", "tensorboard=false", "seed=0"]
 
 
 def run_config(size: str, schedule: str, runs_dir: Path, extra: list[str]):
-    from diffusion_lib.config import load_config
+    from diffusion_lib.training.config import load_config
 
     overrides = SIZES[size] + COMMON + [f"output_dir={runs_dir / schedule}"] + extra
     return load_config(CONFIGS[schedule], overrides)
@@ -74,7 +73,7 @@ def evaluate_checkpoint(path: Path, args, device, net, refs: dict) -> dict:
         fid_from_stats,
         kid_from_features,
     )
-    from diffusion_lib.metrics.evaluate import generate
+    from diffusion_lib.pipelines.generate import generate
 
     model, schedule, info = load_model(path, ema=True, device=device)
     start = time.perf_counter()
@@ -123,11 +122,13 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     from diffusion_lib.checkpoint import list_checkpoints
     from diffusion_lib.metrics import get_extractor, reference_features, reference_stats
-    from diffusion_lib.metrics.evaluate import _dataset_options, machine_info
+    from diffusion_lib.device import pick_device
+    from diffusion_lib.pipelines.evaluate import dataset_options
+    from diffusion_lib.pipelines.machine import machine_info
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     args.size = args.size or ("full" if device.type == "cuda" else "small")
     args.metric = args.metric or ("fid" if device.type == "cuda" else "kid")
     args.n = args.n or (2000 if args.metric == "fid" else 500)
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         net = get_extractor(args.extractor, device)
         configs = {s: run_config(args.size, s, runs_dir, args.set) for s in args.schedules}
         first = configs[args.schedules[0]]
-        options = _dataset_options({"image_size": first.image_size, "dataset_kwargs": first.dataset_kwargs,
+        options = dataset_options({"image_size": first.image_size, "dataset_kwargs": first.dataset_kwargs,
                                     "data_root": first.data_root})
         ref_kw = dict(extractor=net, batch_size=args.feature_batch, device=device, **options)
         refs = {"kid": reference_features(first.dataset, "test", args.kid_reference, **ref_kw)}

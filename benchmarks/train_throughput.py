@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion_lib.config import load_config  # noqa: E402
-from diffusion_lib.models import UNet, UNetConfig  # noqa: E402
-from diffusion_lib.schedules import NoiseSchedule  # noqa: E402
+from diffusion_lib.models import UNet, UNetConfig
+from diffusion_lib.pipelines.machine import machine_info
+from diffusion_lib.schedules import NoiseSchedule
+from diffusion_lib.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,16 +153,7 @@ def _load() -> list[float] | None:
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    info = machine_info("cpu")
     try:
         import diffusers
         info["diffusers"] = diffusers.__version__

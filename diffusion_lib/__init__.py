@@ -6,9 +6,9 @@ from .samplers import (Trajectory, classifier_free_guidance, ddim_invert, ddim_s
 from .data import DatasetInfo, dataset_info, load_dataset, toy_2d
 from .models import (VAE, Classifier, ClassifierConfig, UNet, UNetConfig, VAEConfig, measure_latent_scale,
                      vae_loss)
-from .config import TrainConfig, load_config
-from .training import diffusion_loss, train, train_step
+from .training import TrainConfig, load_config, train
+from .objective import diffusion_loss, train_step
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .latent import decode_latents, encode_dataset, latent_unet_config, load_vae
-from .guidance_sweep import guidance_sweep
-from .classifier_training import load_classifier
+from .pipelines.guidance_sweep import guidance_sweep
+from .checkpoint import load_classifier

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, the last K kept, safe loading, and a model loader for notebooks.
+"""Checkpoints and files: atomic writes, digests, the cache folder, the last K kept, safe loading, and a
+loader for every model kind (UNet with its schedule, VAE, classifier).
 
 A checkpoint is one ``torch.save`` file holding plain dicts, lists, numbers and tensors only, so it
 loads with ``torch.load(..., weights_only=True)`` (no arbitrary code runs when a reader opens a file
@@ -20,12 +21,14 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+CACHE_ENV = "DIFFUSION_CACHE"
 FORMAT = "diffusion_lib.checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -72,16 +75,17 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same folder, which is flushed,
+    fsync'ed and renamed over ``path`` with ``os.replace``. Checkpoints, cached latents and FID statistics
+    are all written this way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -91,6 +95,19 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def cache_dir(kind: str) -> Path:
+    """Where computed files of one kind are kept ("latents", "fid"): ``$DIFFUSION_CACHE/<kind>``, else
+    ``~/.cache/diffusion_lib/<kind>``."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) / kind if root else Path.home() / ".cache" / "diffusion_lib" / kind
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -165,8 +182,21 @@ def set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ model loading
-def ema_weights(ckpt: dict) -> dict[str, torch.Tensor]:
-    return ckpt["ema"] if "ema" in ckpt else ckpt["model"]
+def weights_key(state: dict, ema: bool, path: str | Path) -> str:
+    """Which weights of a checkpoint to load: "ema" when asked for and present, else "model"."""
+    which = "ema" if ema and "ema" in state else "model"
+    if which not in state:
+        raise CheckpointError(f"checkpoint file {str(path)!r} holds no {which!r} weights")
+    return which
+
+
+def _load_kind(path: str | Path, keys: tuple[str, ...], kind: str, ema: bool) -> tuple[dict, str]:
+    """A checkpoint's state, checked to hold ``keys`` (else it is not a ``kind`` checkpoint), and which weights to load."""
+    state = load_checkpoint(path)
+    for key in keys:
+        if key not in state:
+            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r}: {kind}")
+    return state, weights_key(state, ema, path)
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"
@@ -180,13 +210,7 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
     from .models import UNet, UNetConfig
     from .schedules import NoiseSchedule
 
-    ckpt = load_checkpoint(path)
-    for key in ("model_config", "schedule"):
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r}: not a diffusion checkpoint")
-    which = "ema" if ema and "ema" in ckpt else "model"
-    if which not in ckpt:
-        raise CheckpointError(f"checkpoint file {str(path)!r} holds no {which!r} weights")
+    ckpt, which = _load_kind(path, ("model_config", "schedule"), "not a diffusion checkpoint", ema)
     model_config = UNetConfig.from_dict(ckpt["model_config"])
     model = UNet(model_config)
     model.load_state_dict(ckpt[which])  # copies into float32 parameters even from fp16 weights
@@ -205,3 +229,35 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
         "path": str(path),
     }
     return model, schedule, info
+
+
+def load_vae(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",
+             require_scale: bool = True):
+    """The VAE of a checkpoint written by ``python -m diffusion_lib train`` with ``task: vae``
+    (a training checkpoint or the exported ``vae.pt``), in eval mode on ``device``.
+
+    EMA weights by default. With ``require_scale`` (the default) a checkpoint whose latent scale was
+    never measured is refused: latents would silently have the wrong variance.
+    """
+    from .models import VAE, VAEConfig
+
+    state, which = _load_kind(path, ("vae_config",), "it is not a VAE checkpoint (a UNet checkpoint loads with "
+                              "diffusion_lib.load_model)", ema)
+    vae = VAE(VAEConfig.from_dict(state["vae_config"]))
+    vae.load_state_dict(state[which])  # fp16 weights are copied into float32 parameters
+    if require_scale and not vae.has_latent_scale:
+        raise CheckpointError(
+            f"VAE checkpoint {str(path)!r} has no latent scale: it was saved before the scale was measured "
+            f"(an intermediate training checkpoint). Use the run's vae.pt or final checkpoint, or measure it: "
+            f"diffusion_lib.training.tasks.vae.store_latent_scale({str(path)!r}, dataset)")
+    return vae.to(device).eval()
+
+
+def load_classifier(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"):
+    """The Classifier of a checkpoint written with ``task: classifier`` (or its ``classifier.pt``), in eval mode."""
+    from .models import Classifier, ClassifierConfig
+
+    state, which = _load_kind(path, ("classifier_config",), "not a classifier checkpoint", ema)
+    model = Classifier(ClassifierConfig.from_dict(state["classifier_config"]))
+    model.load_state_dict(state[which])
+    return model.to(device).eval()

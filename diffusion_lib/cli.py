@@ -5,7 +5,7 @@
     python -m diffusion_lib sample --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
         --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
 
-Subcommands live in a small registry. A module that adds one (the metrics module adds
+Subcommands live in a small registry. A module that adds one (``pipelines.evaluate`` adds
 ``evaluate``) defines ``register_cli(register)`` and calls
 ``register(name, help, add_arguments, run)``; it is imported only when its subcommand is used.
 """
@@ -30,7 +30,7 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
 # Subcommands provided by other modules, imported on use: name -> module with register_cli(register).
-PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.metrics"}
+PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.pipelines.evaluate"}
 
 
 def register_subcommand(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
@@ -50,8 +50,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .training import train
+    from .training import load_config, train
 
     overrides = [item for group in args.overrides for item in group]
     config = load_config(args.config, overrides)
@@ -90,7 +89,9 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .samplers import classifier_free_guidance, sample
+    from .device import pick_device
+    from .latent import decode_latents
+    from .pipelines.generate import generate
     from .viz import save_grid
 
     if args.n < 1:
@@ -104,46 +105,25 @@ def _sample(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     model, schedule, info = load_model(args.checkpoint, ema=not args.no_ema, device=device)
-    if info["vae"]:  # a latent-diffusion model: its samples are decoded by the VAE
-        try:
-            from .latent import decode_latents
-        except ImportError as e:
-            raise ValueError(f"{args.checkpoint} samples latents of the VAE {info['vae']}; decoding them "
-                             f"needs diffusion_lib.latent.decode_latents, which is not available: {e}") from e
     num_classes = info["num_classes"]
-    y = None
+    labels = None
     if num_classes is None:
         if args.class_label is not None or args.guidance_scale != 1.0:
             raise ValueError("--class and --guidance-scale need a class-conditional model; "
                              f"{args.checkpoint} is unconditional")
-    else:
-        if args.class_label is not None and not 0 <= args.class_label < num_classes:
+    elif args.class_label is not None:
+        if not 0 <= args.class_label < num_classes:
             raise ValueError(f"--class must be in [0, {num_classes - 1}] for this model, got {args.class_label}")
-        y = (torch.full((args.n,), args.class_label) if args.class_label is not None
-             else torch.arange(args.n) % num_classes).to(device)
-    net = model if args.guidance_scale == 1.0 else classifier_free_guidance(model, args.guidance_scale,
-                                                                             info["null_label"])
+        labels = torch.full((args.n,), args.class_label)
     if args.clip_x0 and info["vae"]:
         raise ValueError("--clip-x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
                          "which are not bounded")
-    options = {"prediction_type": info["prediction_type"], "clip_x0": args.clip_x0}
-    if args.sampler == "ddim":
-        options.update(num_steps=args.steps, eta=args.eta)
-    elif args.sampler == "dpm_solver":
-        options.update(num_steps=args.steps)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    images = []
-    with torch.no_grad():
-        for start in range(0, args.n, batch_size):
-            n = min(batch_size, args.n - start)
-            images.append(sample(net, schedule, args.sampler, shape=(n, *info["image_shape"]), generator=generator,
-                                 y=None if y is None else y[start:start + n], device=device, progress=True,
-                                 **options).cpu())
-    images = torch.cat(images)
-    if info["vae"]:
+    images = generate(model, schedule, info, sampler=args.sampler, steps=args.steps, n=args.n, batch_size=batch_size,
+                      seed=args.seed, guidance_scale=args.guidance_scale, eta=args.eta, device=device, progress=True,
+                      clip_x0=args.clip_x0, labels=labels)
+    if info["vae"]:  # a latent-diffusion model: its samples are decoded by the VAE
         images = decode_latents(images, info["vae"])
     one_class_per_column = num_classes is not None and args.class_label is None
     nrow = args.nrow or (num_classes if one_class_per_column else math.ceil(math.sqrt(args.n)))
@@ -157,21 +137,9 @@ register_subcommand("sample", "sample an image grid from a checkpoint", _sample_
 
 
 # --------------------------------------------------------------------------------------- dispatch
-def _load_provider(name: str) -> str | None:
-    """Import the module providing subcommand ``name``; return why it is unavailable, or None."""
-    module_name = PROVIDERS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            return f"{module_name} does not exist yet"
-        raise
-    if name not in SUBCOMMANDS:
-        register = getattr(module, "register_cli", None)
-        if register is None:
-            return f"{module_name} has no register_cli(register) function"
-        register(register_subcommand)
-    return None if name in SUBCOMMANDS else f"{module_name}.register_cli did not register {name!r}"
+def _load_provider(name: str) -> None:
+    """Import the module providing subcommand ``name``, which registers it with ``register_cli(register)``."""
+    importlib.import_module(PROVIDERS[name]).register_cli(register_subcommand)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,13 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     if command in PROVIDERS and command not in SUBCOMMANDS:
-        why = _load_provider(command)
-        if why is not None:
-            print(f"python -m diffusion_lib {command} is not available yet: {why}.", file=sys.stderr)
-            return 2
+        _load_provider(command)
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
-    from .training import NonFiniteLossError
+    from .training.trainer import NonFiniteLossError
 
     try:
         return SUBCOMMANDS[args.command].run(args) or 0

@@ -1,4 +1,4 @@
-"""Latent diffusion (Rombach et al. 2022): VAE checkpoints, cached latents, decoding.
+"""Latent diffusion (Rombach et al. 2022): images to scaled latents (cached) and back, and the UNet that takes them.
 
 The diffusion model of latent diffusion never sees pixels. A trained VAE maps each image to the
 mean of its posterior, times the latent scale (1 / std of the training latents, 0.18215 for Stable
@@ -14,7 +14,8 @@ std of a VAE trained with a small β is a small fraction of the latents' spread 
 measures it). The scale is measured the same way (``measure_latent_scale(..., sample=False)``).
 
 Stable Diffusion's VAE (diffusers' ``AutoencoderKL``, f = 8, 4 channels) works through the same
-interface via :func:`load_sd_vae`, online only (Colab); nothing here needs it.
+interface via :func:`~diffusion_lib.models.sd_vae.load_sd_vae`, online only (Colab); nothing here needs it.
+VAE files load with :func:`~diffusion_lib.checkpoint.load_vae` (both are importable from here too).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import hashlib
 import math
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,12 +31,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, file_digest, load_checkpoint
+from .checkpoint import atomic_write, file_digest, load_vae
+from .checkpoint import cache_dir as checkpoint_cache_dir
+from .data.datasets import ImageFolderDataset, ImageTensorDataset
+from .data.images import count_images, iter_batches, to_float
+from .models.sd_vae import StableDiffusionVAE, load_sd_vae
 
-CACHE_ENV = "DIFFUSION_CACHE"
 CACHE_VERSION = 1
-SD_VAE_SCALE = 0.18215  # Stable Diffusion's latent scale (Rombach et al. 2022, appendix)
-SD_VAE_NAME = "stabilityai/sd-vae-ft-mse"
 
 __all__ = ["LatentDataset", "StableDiffusionVAE", "check_latent_shape", "decode_latents", "encode_dataset",
            "file_sha256", "latent_unet_config", "load_sd_vae", "load_vae", "reconstruction_psnr"]
@@ -46,33 +47,6 @@ __all__ = ["LatentDataset", "StableDiffusionVAE", "check_latent_shape", "decode_
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (the key of cached latents, and the model cards' checksum)."""
     return file_digest(path, "sha256")
-
-
-def load_vae(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",
-             require_scale: bool = True):
-    """The VAE of a checkpoint written by ``python -m diffusion_lib train`` with ``task: vae``
-    (a training checkpoint or the exported ``vae.pt``), in eval mode on ``device``.
-
-    EMA weights by default. With ``require_scale`` (the default) a checkpoint whose latent scale was
-    never measured is refused: latents would silently have the wrong variance.
-    """
-    from .models import VAE, VAEConfig
-
-    state = load_checkpoint(path)
-    if "vae_config" not in state:
-        raise CheckpointError(f"checkpoint file {str(path)!r} has no 'vae_config': it is not a VAE checkpoint "
-                              f"(a UNet checkpoint loads with diffusion_lib.load_model)")
-    which = "ema" if ema and "ema" in state else "model"
-    if which not in state:
-        raise CheckpointError(f"checkpoint file {str(path)!r} holds no {which!r} weights")
-    vae = VAE(VAEConfig.from_dict(state["vae_config"]))
-    vae.load_state_dict(state[which])  # fp16 weights are copied into float32 parameters
-    if require_scale and not vae.has_latent_scale:
-        raise CheckpointError(
-            f"VAE checkpoint {str(path)!r} has no latent scale: it was saved before the scale was measured "
-            f"(an intermediate training checkpoint). Use the run's vae.pt or final checkpoint, or measure it: "
-            f"diffusion_lib.vae_training.store_latent_scale({str(path)!r}, dataset)")
-    return vae.to(device).eval()
 
 
 def _resolve_vae(vae, device=None):
@@ -154,20 +128,12 @@ class LatentDataset(Dataset):
         return self.latents[i], int(self.labels[i])
 
 
-def default_cache_dir() -> Path:
-    """``$DIFFUSION_CACHE/latents``, else ``~/.cache/diffusion_lib/latents``."""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) / "latents" if root else Path.home() / ".cache" / "diffusion_lib" / "latents"
-
-
 def dataset_fingerprint(dataset) -> str | None:
     """A sha256 identifying a dataset's images and labels, or None when it cannot be computed cheaply.
 
     In-memory images (Fashion-MNIST, CIFAR-10, shapes) hash their bytes; an image folder hashes its
     file names, sizes, modification times and the image size.
     """
-    from .data import ImageFolderDataset, ImageTensorDataset
-
     h = hashlib.sha256()
     if isinstance(dataset, ImageTensorDataset):
         h.update(f"images{tuple(dataset.images.shape)}".encode())
@@ -183,24 +149,10 @@ def dataset_fingerprint(dataset) -> str | None:
     return h.hexdigest()
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)  # a reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @torch.inference_mode()
 def encode_images(vae, images, *, batch_size: int = 256, device=None, progress: bool = False) -> torch.Tensor:
     """Scaled posterior-mean latents of ``images`` ((N, C, H, W) in [-1, 1], or an iterable of
     batches or (images, labels) pairs), as one float32 CPU tensor."""
-    from .metrics.images import count_images, iter_batches, to_float
-
     vae, _ = _resolve_vae(vae, device)
     device = torch.device(device) if device is not None else next(vae.parameters()).device
     was_training = vae.training
@@ -238,7 +190,7 @@ def encode_dataset(dataset, vae, *, device: str | torch.device | None = None, ba
         raise ValueError("the VAE has no latent scale: measure it first (measure_latent_scale)")
     fingerprint = dataset_fingerprint(dataset) if use_cache else None
     class_names = getattr(dataset, "class_names", ())
-    path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / \
+    path = (Path(cache_dir) if cache_dir is not None else checkpoint_cache_dir("latents")) / \
         f"{(fingerprint or '')[:16]}-{sha[:16]}.pt"
     if fingerprint is not None and path.is_file():
         try:
@@ -258,8 +210,9 @@ def encode_dataset(dataset, vae, *, device: str | torch.device | None = None, ba
             bar.update(x.shape[0])
     latents, labels = torch.cat(latents), torch.cat(labels).long()
     if fingerprint is not None:
-        _atomic_save({"version": CACHE_VERSION, "latents": latents, "labels": labels, "latent_scale": scale,
-                      "vae_sha256": sha, "dataset_fingerprint": fingerprint, "mode": "posterior mean"}, path)
+        cached = {"version": CACHE_VERSION, "latents": latents, "labels": labels, "latent_scale": scale,
+                  "vae_sha256": sha, "dataset_fingerprint": fingerprint, "mode": "posterior mean"}
+        atomic_write(path, lambda f: torch.save(cached, f))
     return LatentDataset(latents, labels, latent_scale=scale, vae_sha256=sha, class_names=class_names)
 
 
@@ -332,64 +285,3 @@ def reconstruction_psnr(vae, images: torch.Tensor, *, batch_size: int = 256) -> 
     finally:
         vae.train(was_training)
     return float(torch.cat(values).mean())
-
-
-# --------------------------------------------------------------------- Stable Diffusion's VAE
-class StableDiffusionVAE(nn.Module):
-    """diffusers' ``AutoencoderKL`` behind this library's VAE interface (encode_scaled, decode_scaled,
-    latent_shape, latent_scale), so encode_dataset, decode_latents and latent_unet_config take it.
-
-    Stable Diffusion's VAE downsamples by f = 8 into 4 channels, with latent scale 0.18215 (its
-    config's ``scaling_factor``): 128×128 images become 4×16×16 latents.
-    """
-
-    def __init__(self, autoencoder: nn.Module, image_size: int):
-        super().__init__()
-        self.autoencoder = autoencoder
-        cfg = autoencoder.config
-        self.downsampling_factor = 2 ** (len(cfg.block_out_channels) - 1)
-        if image_size % self.downsampling_factor:
-            raise ValueError(f"image_size={image_size} must be a multiple of the VAE's downsampling factor "
-                             f"{self.downsampling_factor}")
-        self.image_size = image_size
-        self.in_channels = cfg.in_channels
-        self.register_buffer("latent_scale", torch.tensor(float(cfg.scaling_factor)))
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        side = self.image_size // self.downsampling_factor
-        return (self.autoencoder.config.latent_channels, side, side)
-
-    @property
-    def has_latent_scale(self) -> bool:
-        return True
-
-    def encode_scaled(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                      sample: bool = True) -> torch.Tensor:
-        posterior = self.autoencoder.encode(x.to(self.autoencoder.dtype)).latent_dist
-        z = posterior.sample(generator) if sample else posterior.mode()
-        return z.float() * self.latent_scale
-
-    def decode_scaled(self, z: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode((z / self.latent_scale).to(self.autoencoder.dtype)).sample.float()
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(z.to(self.autoencoder.dtype)).sample.float()
-
-    def encode(self, x: torch.Tensor):
-        return self.autoencoder.encode(x.to(self.autoencoder.dtype)).latent_dist
-
-
-def load_sd_vae(name: str = SD_VAE_NAME, *, image_size: int = 128, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32) -> StableDiffusionVAE:
-    """Stable Diffusion's pretrained VAE from the Hugging Face Hub (online, e.g. on Colab).
-
-    Needs ``pip install diffusers`` and a connection the first time; the course never needs it offline.
-    """
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as e:
-        raise ImportError("load_sd_vae needs the diffusers package (pip install diffusers) and an internet "
-                          "connection for the weights; the course's own VAE (chapter 7) works offline") from e
-    autoencoder = AutoencoderKL.from_pretrained(name, torch_dtype=dtype)
-    return StableDiffusionVAE(autoencoder, image_size).to(device).eval()

@@ -1,6 +1,6 @@
 """Run sizes: one notebook, three profiles.
 
-``DIFFUSION_PROFILE`` chooses how big a run is (see DESIGN.md, "Profiles"):
+``DIFFUSION_PROFILE`` chooses how big a run is (see ARCHITECTURE.md, "Profiles"):
 
 - ``smoke``: CI and nbval; tiny data, a few steps, seconds per notebook, always on the CPU;
 - ``cpu``: the default without CUDA; real data, small models, minutes;
@@ -15,11 +15,11 @@ branches on a CPU in seconds (tests/test_gpu_dry_run.py). In the gpu profile onl
 
 - every int that :func:`pick` returns, and every int in a list or tuple it returns, at N (training
   steps, sample counts, reference sizes, batch sizes; strings, floats and dicts pass unchanged);
-- the training configurations of the notebooks (``pretrained.notebook_config`` and the
-  ``course_models`` configurations, through :func:`dry_run_fields`): ``max_steps``, ``batch_size``,
+- the training configurations of the notebooks (``course.pretrained.notebook_config`` and the
+  ``course.recipes`` configurations, through :func:`dry_run_fields`): ``max_steps``, ``batch_size``,
   ``warmup_steps``, ``log_every`` and ``checkpoint_every`` at N, and the number of diffusion steps T
   at :data:`DRY_RUN_MAX_TIMESTEPS` (20), so that sampling with every step stays cheap;
-- ``pretrained.load_or_train``: it trains that configuration even where a shipped model exists (the
+- ``course.pretrained.load_or_train``: it trains that configuration even where a shipped model exists (the
   gpu training branch runs, and sampling never meets a shipped model's T = 1000).
 
 Its numbers mean nothing; it checks that the code runs.

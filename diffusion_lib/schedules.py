@@ -22,6 +22,31 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 SCHEDULE_NAMES = ("linear", "cosine", "sigmoid")
 
 
+def split_prediction(x_t: torch.Tensor, prediction: torch.Tensor, a, b, prediction_type: str,
+                     need_eps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x0, ε) from a network output at x_t = a·x0 + b·ε, a = √ᾱ_t, b = √(1 − ᾱ_t): the one conversion
+    between the three parameterisations. ε is None unless ``need_eps``.
+
+    ε-prediction: x0 = (x_t − b·ε)/a (Ho et al. 2020, eq. 15); x0-prediction: ε = (x_t − a·x0)/b;
+    v = a·ε − b·x0: x0 = a·x_t − b·v, ε = b·x_t + a·v (Salimans & Ho 2022, §4).
+    a, b are floats in the samplers (one timestep per batch: computed in place, no temporaries) and
+    per-sample tensors that broadcast in :meth:`NoiseSchedule.predict_x0` / ``predict_eps``.
+    """
+    scalar = not isinstance(a, torch.Tensor)
+    if prediction_type == "epsilon":
+        x0 = torch.add(x_t, prediction, alpha=-b).mul_(1.0 / a) if scalar else (x_t - b * prediction) / a
+        return x0, prediction
+    if prediction_type == "sample":
+        if not need_eps:
+            return prediction, None
+        return prediction, (torch.add(x_t, prediction, alpha=-a).mul_(1.0 / b) if scalar
+                            else (x_t - a * prediction) / b)
+    x0 = torch.mul(x_t, a).sub_(prediction, alpha=b) if scalar else a * x_t - b * prediction
+    if not need_eps:
+        return x0, None
+    return x0, torch.mul(x_t, b).add_(prediction, alpha=a) if scalar else b * x_t + a * prediction
+
+
 def _betas_from_alpha_bar_fn(
     alpha_bar_fn: Callable[[torch.Tensor], torch.Tensor], num_timesteps: int, max_beta: float
 ) -> torch.Tensor:
@@ -269,24 +294,16 @@ class NoiseSchedule:
 
     def predict_x0(self, x_t: torch.Tensor, t, prediction: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
         """x0 from a network output: ε → (x_t − √(1−ᾱ)ε)/√ᾱ (DDPM eq. 15); v → √ᾱ x_t − √(1−ᾱ) v
-        (Salimans & Ho 2022, §4); "sample" is x0 itself."""
+        (Salimans & Ho 2022, §4); "sample" is x0 itself (:func:`split_prediction`)."""
         self.check_prediction_type(prediction_type)
         a, b = self._coefs(x_t, t, prediction)
-        if prediction_type == "epsilon":
-            return (x_t - b * prediction) / a
-        if prediction_type == "sample":
-            return prediction
-        return a * x_t - b * prediction
+        return split_prediction(x_t, prediction, a, b, prediction_type, need_eps=False)[0]
 
     def predict_eps(self, x_t: torch.Tensor, t, prediction: torch.Tensor, prediction_type: str = "epsilon") -> torch.Tensor:
-        """ε from a network output: x0 → (x_t − √ᾱ x0)/√(1−ᾱ); v → √(1−ᾱ) x_t + √ᾱ v."""
+        """ε from a network output: x0 → (x_t − √ᾱ x0)/√(1−ᾱ); v → √(1−ᾱ) x_t + √ᾱ v (:func:`split_prediction`)."""
         self.check_prediction_type(prediction_type)
         a, b = self._coefs(x_t, t, prediction)
-        if prediction_type == "epsilon":
-            return prediction
-        if prediction_type == "sample":
-            return (x_t - a * prediction) / b
-        return b * x_t + a * prediction
+        return split_prediction(x_t, prediction, a, b, prediction_type)[1]
 
     def v_target(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """v = √ᾱ_t · ε − √(1 − ᾱ_t) · x0 (Salimans & Ho 2022, "Progressive Distillation", §4)."""

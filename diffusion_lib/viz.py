@@ -15,12 +15,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats to uint8 in [0, 255], rounded to nearest (values outside are clipped)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+from .data.images import to_uint8
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:

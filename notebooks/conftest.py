@@ -7,14 +7,7 @@ committed outputs and the test run differ only in the profile.
 
 import os
 
-
-def kernel_environment(profile: str) -> dict[str, str]:
-    return {
-        "DIFFUSION_PROFILE": profile,
-        # figures as inline PNG outputs even where MPLBACKEND=Agg is set for scripts
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-        "PYTHONHASHSEED": "0",
-    }
+from diffusion_lib.course.notebook_rules import kernel_environment
 
 
 for _key, _value in kernel_environment(os.environ.get("DIFFUSION_PROFILE") or "smoke").items():

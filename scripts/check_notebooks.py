@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Check the chapter notebooks against the rules in scripts/notebook_rules.py.
+"""Check the chapter notebooks against the rules in diffusion_lib/course/notebook_rules.py.
 
 Usage: python scripts/check_notebooks.py [NOTEBOOK ...]   (default: every notebooks/NN_*.ipynb)
 """
@@ -7,7 +7,7 @@ Usage: python scripts/check_notebooks.py [NOTEBOOK ...]   (default: every notebo
 import sys
 from pathlib import Path
 
-from notebook_rules import check_notebook, notebook_paths
+from diffusion_lib.course.notebook_rules import check_notebook, notebook_paths
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,7 @@
 
 Usage: python scripts/execute_notebooks.py [--profile cpu] NOTEBOOK [...]
 The kernel runs in the notebook's folder with the same environment nbval gives it
-(notebooks/conftest.py), then the result is checked with scripts/check_notebooks.py.
+(diffusion_lib.course.notebook_rules.kernel_environment), then the result is checked with scripts/check_notebooks.py.
 """
 
 import argparse
@@ -15,10 +15,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from notebook_rules import KERNEL_NAME, check_notebook
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
-from conftest import kernel_environment  # noqa: E402
+from diffusion_lib.course.notebook_rules import KERNEL_NAME, check_notebook, kernel_environment
 
 
 def main() -> int:

@@ -18,6 +18,7 @@
 # Everything lands in $PACK as at most 8 files. Each step's output: $PACK/log.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # no install on the GPU machine: the scripts import this checkout
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-runs/gpu}

@@ -40,9 +40,11 @@ from pathlib import Path
 
 import nbformat
 import yaml
-from assignment_cells import HIDE_INPUT, LINK, SOLUTION_METADATA, SOLUTION_TITLE, assignment_config, is_config_cell, questions
-from notebook_rules import ROOT, notebook_paths
 from packaging.requirements import Requirement
+
+from diffusion_lib.course.assignment_cells import (HIDE_INPUT, LINK, SOLUTION_METADATA, SOLUTION_TITLE,
+                                                   assignment_config, is_config_cell, questions)
+from diffusion_lib.course.notebook_rules import ROOT, notebook_paths
 
 EXERCISES = ROOT / "exercises"
 

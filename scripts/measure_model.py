@@ -37,17 +37,17 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from diffusion_lib.checkpoint import file_digest, load_classifier, load_model
+from diffusion_lib.course import pretrained, recipes
+from diffusion_lib.data.images import to_float, to_uint8
+from diffusion_lib.latent import decode_latents
+from diffusion_lib.metrics import extract_features, fid_from_stats, get_extractor, reference_stats
+from diffusion_lib.pipelines.evaluate import dataset_options
+from diffusion_lib.pipelines.generate import generate
+from diffusion_lib.pipelines.machine import machine_info
+from diffusion_lib.metrics.scores import model_outputs
 
-from diffusion_lib import course_models, pretrained  # noqa: E402
-from diffusion_lib.checkpoint import file_digest, load_model  # noqa: E402
-from diffusion_lib.classifier_training import load_classifier  # noqa: E402
-from diffusion_lib.latent import decode_latents  # noqa: E402
-from diffusion_lib.metrics import extract_features, fid_from_stats, get_extractor, reference_stats  # noqa: E402
-from diffusion_lib.metrics.evaluate import _dataset_options, generate, machine_info  # noqa: E402
-from diffusion_lib.metrics.images import to_uint8  # noqa: E402
-from diffusion_lib.metrics.scores import model_outputs  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 STEPS = 50
 
@@ -55,7 +55,7 @@ STEPS = 50
 def draw(model, schedule, info, n: int, scale: float, seed: int, device: torch.device) -> torch.Tensor:
     """``n`` images in [-1, 1] on the CPU: DDIM-50 from noise fixed by ``seed`` (and the device), classes
     in turn when conditional."""
-    vae = course_models.find_vae_for(info)
+    vae = recipes.find_vae_for(info)
     model = model.to(device, memory_format=torch.channels_last)  # 1.2x images/s on a CPU too
     images = generate(model, schedule, info, sampler="ddim", steps=STEPS, n=n, seed=seed, guidance_scale=scale,
                       batch_size=1000 if device.type == "cuda" else 250, eta=0.0, device=device,
@@ -113,7 +113,7 @@ def main() -> int:
 
     if args.samples is not None:
         saved = read_samples(args.samples, path)
-        images = saved["images"][:args.first].float() / 127.5 - 1
+        images = to_float(saved["images"][:args.first])
         n = len(images)
         measured.update(seed=saved["seed"], sampling_seconds=saved["sampling_seconds"],
                         sampled_on=saved["machine"]["device_name"])
@@ -165,7 +165,7 @@ def main() -> int:
         features = extract_features(images, net, batch_size=50)
         feature_seconds = time.perf_counter() - start
         reference = reference_stats(info["config"]["dataset"], "test", None, extractor=net,
-                                    **_dataset_options(info["config"]))
+                                    **dataset_options(info["config"]))
         for key, count in (("fid", args.fid_n), ("fid_10k", 10_000)):
             if key == "fid_10k" and n < count:
                 continue

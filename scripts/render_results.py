@@ -32,18 +32,17 @@ def num(x, digits: int = 2, scale: float = 1.0) -> str:
 
 
 def machine_line(m: dict | None) -> str:
-    """One line naming the machine, torch and date of a measurement."""
+    """One line naming the machine, torch and date of a measurement (``pipelines.machine.machine_info``'s keys)."""
     if not m:
         return "machine not recorded"
-    device = m.get("device_name") or m.get("cpu") or m.get("cpu_model") or "unknown device"
+    device = m.get("device_name") or m.get("cpu") or "unknown device"
     parts = [f"{m.get('device', 'cpu')}: {device}"]
-    threads = m.get("cpu_threads", m.get("torch_threads", m.get("threads")))
+    threads = m.get("cpu_threads")
     if threads is not None:
         parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
-    cores = m.get("cpu_count", m.get("cores"))
-    if cores:
-        parts.append(f"{cores} cores")
-    load = m.get("load_average") or m.get("load_average_at_start") or m.get("load_average_before")
+    if m.get("cpu_count"):
+        parts.append(f"{m['cpu_count']} cores")
+    load = m.get("load_average")
     if load:
         parts.append(f"load average {load[0]:.1f}")
     parts.append(f"torch {m.get('torch', '?')}")
@@ -362,7 +361,7 @@ def guidance_sweep(page: Page) -> str:
              num(fid[r["scale"]]["fid"], 1) if r["scale"] in fid else "–", num(r.get("sampling_seconds"), 0)]
             for r in data["rows"]]
     out.append(table(["s", "w", "class accuracy", "diversity", "FID", "sampling s"], rows) + "\n")
-    from diffusion_lib.guidance_sweep import plot_guidance_sweep
+    from diffusion_lib.pipelines.guidance_sweep import plot_guidance_sweep
 
     out.append(page.figure(plot_guidance_sweep(data), "guidance_sweep.png",
                            "Class accuracy and within-class diversity against the guidance scale."))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Copy a finished run's exported model into checkpoints/ with its model card (diffusion_lib.pretrained).
+"""Copy a finished run's exported model into checkpoints/ with its model card (diffusion_lib.course.pretrained).
 
     python scripts/ship_model.py fashion_classifier runs/fashion_classifier/classifier.pt \
         --command "python -m diffusion_lib train --config configs/fashion_classifier.yaml"
@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_lib.latent import file_sha256
 
-from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from diffusion_lib.latent import file_sha256  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DROP = ("optimizer", "scaler", "rng", "data_order", "model", "format", "version")
 MEASUREMENTS = ("test_accuracy", "test_images", "latent_scale", "report")
@@ -51,7 +50,7 @@ def wall_time_s(log: Path) -> float | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", help="checkpoint name (diffusion_lib.pretrained.NAMES)")
+    p.add_argument("name", help="checkpoint name (diffusion_lib.course.pretrained.NAMES)")
     p.add_argument("source", type=Path, help="the run's exported file (vae.pt, classifier.pt) or a checkpoint")
     p.add_argument("--command", required=True, help="the command that trained it")
     p.add_argument("--fp16", action="store_true", help="store floating-point weights in float16")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-from notebook_rules import SETUP_TAGS, first_cell_source, notebook_paths
+from diffusion_lib.course.notebook_rules import SETUP_TAGS, first_cell_source, notebook_paths
 
 
 def sync(path: Path) -> bool:

@@ -29,7 +29,7 @@ def tiny_overrides(output_dir, **extra) -> list[str]:
 
 
 def tiny_config(output_dir, **extra):
-    from diffusion_lib.config import load_config
+    from diffusion_lib.training.config import load_config
 
     return load_config(None, tiny_overrides(output_dir, **extra))
 
@@ -72,7 +72,7 @@ def state_tensors(state: dict, prefix: str = ""):
 
 def loss_after_steps(model, schedule, x0, steps: int = 25, lr: float = 3e-3) -> float:
     """The diffusion loss on ``x0`` (fixed noise and t) after ``steps`` AdamW training steps on it."""
-    from diffusion_lib.training import diffusion_loss, train_step
+    from diffusion_lib.objective import diffusion_loss, train_step
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for i in range(steps):

@@ -1,4 +1,4 @@
-"""The closed-form denoisers of diffusion_lib.analytic against independent references:
+"""The closed-form denoisers of diffusion_lib.models.analytic against independent references:
 Monte-Carlo posterior means, autograd scores, the schedule's conversions and the samplers."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusion_lib import NoiseSchedule, classifier_free_guidance, ddim_sample, ddpm_sample
-from diffusion_lib.analytic import GaussianDenoiser, MixtureDenoiser
+from diffusion_lib.models.analytic import GaussianDenoiser, MixtureDenoiser
 
 SCHEDULE = NoiseSchedule.linear(1000)
 MIX = dict(weights=[0.5, 0.3, 0.2], means=[[1.5, 0.0], [-1.0, 1.0], [0.0, -2.0]],

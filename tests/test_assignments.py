@@ -22,11 +22,16 @@ import nbformat
 import pytest
 
 pytest.importorskip("otter", reason="otter-grader (requirements.txt) builds the assignments; Colab lacks it")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from assignment_cells import LINK, SOLUTION_METADATA, SOLUTION_TITLE, exercise_problems, marker, questions  # noqa: E402
-from grade_assignments import course_environment, grade  # noqa: E402
-from make_assignments import EXERCISES, assignment_notebooks, colab_url, make_assignment  # noqa: E402
+from _scripts import ROOT, load_script  # noqa: E402
+
+from diffusion_lib.course.assignment_cells import (LINK, SOLUTION_METADATA, SOLUTION_TITLE,  # noqa: E402
+                                                   exercise_problems, marker, questions)
+
+grade_assignments = load_script(ROOT / "scripts" / "grade_assignments.py", "grade_assignments")
+make_assignments = load_script(ROOT / "scripts" / "make_assignments.py", "make_assignments")
+course_environment, grade = grade_assignments.course_environment, grade_assignments.grade
+EXERCISES, colab_url = make_assignments.EXERCISES, make_assignments.colab_url
+assignment_notebooks, make_assignment = make_assignments.assignment_notebooks, make_assignments.make_assignment
 
 CHAPTERS = assignment_notebooks()
 CHECK = re.compile(r'^grader\.check\("([^"]+)"\)$')
@@ -99,6 +104,11 @@ def submission_with_one_wrong_answer(student: Path, solutions: Path, out: Path) 
     return out / student.name, wrong
 
 
+def grade_in_worker(notebook: Path, autograder_zip: Path):
+    # A spawned worker finds this module's functions by name (tests/ is on its path), not the script's.
+    return grade(notebook, autograder_zip)
+
+
 def run_as_student(notebook: Path, folder: Path):
     """Execute a copy of ``notebook`` alone in ``folder`` (as on Colab: no tests/ beside it)."""
     from nbclient import NotebookClient
@@ -146,11 +156,11 @@ def assignments(generated):
             if isinstance(chapter_files, Exception):
                 continue
             futures[chapter, "student"] = pool.submit(run_as_student, chapter_files["student"], out / "student_run" / chapter)
-            futures[chapter, "solutions"] = pool.submit(grade, chapter_files["autograder"], chapter_files["zip"])
+            futures[chapter, "solutions"] = pool.submit(grade_in_worker, chapter_files["autograder"], chapter_files["zip"])
             try:
                 wrong_nb, chapter_files["wrong_question"] = submission_with_one_wrong_answer(
                     chapter_files["student"], chapter_files["autograder"], out / "wrong" / chapter)
-                futures[chapter, "wrong"] = pool.submit(grade, wrong_nb, chapter_files["zip"])
+                futures[chapter, "wrong"] = pool.submit(grade_in_worker, wrong_nb, chapter_files["zip"])
             except Exception as error:  # noqa: BLE001  (reported by the test that reads it)
                 results[chapter, "wrong"] = error
     for key, future in futures.items():

@@ -14,17 +14,17 @@ from diffusion_lib import (
     ddpm_sample,
     make_timesteps,
 )
-from diffusion_lib.analytic import GaussianDenoiser, MixtureDenoiser
-from diffusion_lib.config import load_config
-from diffusion_lib.data_order import StepRandom
-from diffusion_lib.guidance_sweep import (
+from diffusion_lib.models.analytic import GaussianDenoiser, MixtureDenoiser
+from diffusion_lib.training.config import load_config
+from diffusion_lib.training.randomness import StepRandom
+from diffusion_lib.pipelines.guidance_sweep import (
     GuidanceSweepResult,
     guidance_sweep,
     plot_guidance_sweep,
     sample_classes,
 )
 from diffusion_lib.models import UNet, UNetConfig
-from diffusion_lib.training import diffusion_loss_fn
+from diffusion_lib.training.tasks.diffusion import diffusion_loss_fn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

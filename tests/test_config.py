@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_lib.config import (ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config,
+from diffusion_lib.training.config import (ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config,
                                   valid_keys)
-from diffusion_lib.training import build_model_config, build_schedule
+from diffusion_lib.training.tasks.diffusion import build_model_config, build_schedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

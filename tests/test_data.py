@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diffusion_lib import data
+from diffusion_lib.data import formats
 from diffusion_lib.data import (DatasetNotFoundError, dataset_info, load_dataset, make_shapes, read_idx,
                                 toy_2d)
 
@@ -206,7 +207,7 @@ def test_offline_download_fails_fast(tmp_path, monkeypatch):
 
 def test_offline_env_disables_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("download attempted"))
+    monkeypatch.setattr(formats, "_download", lambda *a, **k: pytest.fail("download attempted"))
     with pytest.raises(DatasetNotFoundError, match="no download tried"):
         load_dataset("mnist", root=tmp_path)
 
@@ -222,7 +223,7 @@ def test_unreachable_host_times_out(monkeypatch):
     start = time.perf_counter()
     try:
         with pytest.raises(OSError, match="no answer"):
-            data._check_reachable("https://example.invalid/x", timeout=0.2)
+            formats._check_reachable("https://example.invalid/x", timeout=0.2)
         assert time.perf_counter() - start < 3
     finally:
         released.set()

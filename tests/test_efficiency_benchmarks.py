@@ -9,24 +9,13 @@ checkpoint refused, and the results page rendered from whatever JSON exists.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import ROOT, load_script
 from _train_utils import one_thread
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 efficiency = load_script(ROOT / "benchmarks" / "efficiency.py", "bench_efficiency")

@@ -83,7 +83,7 @@ def cases():
     for path in NOTEBOOKS:
         yield pytest.param(path, "cifar10", id=path.stem)
     # chapter 7's ImageNet-100 branch: Stable Diffusion's VAE, or offline (here) the course's VAE at 128x128.
-    # Chapter 8 runs the same library function (course_models.load_or_train_vae_for); its sweep over
+    # Chapter 8 runs the same library function (course.recipes.load_or_train_vae_for); its sweep over
     # ImageNet-100's 100 classes would take minutes on a CPU.
     yield pytest.param(REPO / "notebooks" / "07_latent_diffusion.ipynb", "imagenet100", id="07_latent_diffusion-imagenet100")
 

@@ -18,11 +18,12 @@ import torch
 from _dataset_fixtures import write_cifar10, write_imagenet100
 from _train_utils import one_thread
 
-from diffusion_lib import classifier_free_guidance, course_models, data, ddim_sample, latent, pretrained
-from diffusion_lib.checkpoint import load_model
-from diffusion_lib.classifier_training import load_classifier
-from diffusion_lib.config import load_config
-from diffusion_lib.training import train
+from diffusion_lib import checkpoint, classifier_free_guidance, data, ddim_sample, latent
+from diffusion_lib.checkpoint import load_classifier, load_model
+from diffusion_lib.course import pretrained
+from diffusion_lib.course import recipes as course_models
+from diffusion_lib.models import sd_vae
+from diffusion_lib.training import load_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -40,7 +41,7 @@ def data_home(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def offline_data(data_home, tmp_path, monkeypatch):
     monkeypatch.setenv(data.DATA_ENV, str(data_home))
-    monkeypatch.setenv(latent.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(checkpoint.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(data.OFFLINE_ENV, "1")
     monkeypatch.delenv("DIFFUSION_DRY_RUN", raising=False)
     with one_thread():
@@ -134,8 +135,8 @@ def test_stable_diffusion_vae_adapter_on_imagenet100(tmp_path):
     autoencoder = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
                                 layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=128,
-                                scaling_factor=latent.SD_VAE_SCALE)
-    vae = latent.StableDiffusionVAE(autoencoder, image_size=128).eval()
+                                scaling_factor=sd_vae.SD_VAE_SCALE)
+    vae = sd_vae.StableDiffusionVAE(autoencoder, image_size=128).eval()
     assert vae.latent_shape == (4, 16, 16)
     images = data.load_dataset("imagenet100", "train", image_size=128)
     latents = latent.encode_dataset(images, vae, cache_dir=tmp_path / "cache")
@@ -157,7 +158,7 @@ def test_imagenet100_vae_falls_back_to_the_course_vae(monkeypatch, capsys, tmp_p
     def offline(**kw):
         raise OSError("cannot reach huggingface.co")
 
-    monkeypatch.setattr(latent, "load_sd_vae", offline)
+    monkeypatch.setattr(sd_vae, "load_sd_vae", offline)
     monkeypatch.setattr(course_models, "load_or_train_vae",
                         lambda profile, config, **kw: ("vae", config.dataset, config.image_size))
     assert course_models.load_or_train_vae_for("gpu", "imagenet100") == ("vae", "imagenet100", 128)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffusion_lib import NoiseSchedule, cli
 from diffusion_lib import checkpoint as ck
-from diffusion_lib.config import ConfigError, load_config
+from diffusion_lib.training.config import ConfigError, load_config
 from diffusion_lib.data import load_dataset
 from diffusion_lib.latent import (
     LatentDataset,
@@ -220,7 +220,7 @@ def test_classifier_task_trains_and_reports_test_accuracy(tmp_path):
                                                task="classifier", model="classifier", max_steps=6, hflip="true",
                                                checkpoint_every=3, lr="1e-2")))
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["history"][-1][1] < result["history"][0][1]
-    from diffusion_lib.classifier_training import load_classifier
+    from diffusion_lib.checkpoint import load_classifier
 
     saved = ck.load_checkpoint(out / "classifier.pt")
     assert saved["test_accuracy"] == result["test_accuracy"] and saved["classifier_config"]["num_classes"] == 4

@@ -391,6 +391,7 @@ def test_run_evaluation_and_cli_write_json(tmp_path, monkeypatch):
     from diffusion_lib.checkpoint import save_checkpoint
     from diffusion_lib.cli import main
     from diffusion_lib.models import UNet, UNetConfig
+    from diffusion_lib.pipelines.evaluate import run_evaluation
     from diffusion_lib.schedules import NoiseSchedule
 
     torch.manual_seed(0)
@@ -404,7 +405,7 @@ def test_run_evaluation_and_cli_write_json(tmp_path, monkeypatch):
                                  "config": {"dataset": "shapes", "image_size": 16, "dataset_kwargs": {"num_samples": 16}}})
     monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))
     with pytest.warns(SmallSampleWarning):
-        result = metrics.run_evaluation(checkpoint, sampler="ddim", steps=2, n=8, metrics=("fid", "kid"),
+        result = run_evaluation(checkpoint, sampler="ddim", steps=2, n=8, metrics=("fid", "kid"),
                                         extractor="random-projection-64", batch_size=4, device="cpu",
                                         out=tmp_path / "eval.json", progress=False)
     written = json.loads((tmp_path / "eval.json").read_text())
@@ -421,8 +422,8 @@ def test_run_evaluation_and_cli_write_json(tmp_path, monkeypatch):
 
 def test_generate_passes_clip_x0_to_the_sampler_and_refuses_it_for_latents():
     from diffusion_lib import NoiseSchedule, ddim_sample
-    from diffusion_lib.analytic import GaussianDenoiser
-    from diffusion_lib.metrics.evaluate import generate
+    from diffusion_lib.models.analytic import GaussianDenoiser
+    from diffusion_lib.pipelines.generate import generate
 
     schedule = NoiseSchedule.linear(100)
     model = GaussianDenoiser(schedule, mean=0.8, std=0.5)  # x0 estimates often beyond 1
@@ -439,8 +440,8 @@ def test_generate_passes_clip_x0_to_the_sampler_and_refuses_it_for_latents():
 
 def test_generate_clamps_images_but_returns_latents_as_sampled():
     from diffusion_lib import NoiseSchedule
-    from diffusion_lib.analytic import GaussianDenoiser
-    from diffusion_lib.metrics.evaluate import generate
+    from diffusion_lib.models.analytic import GaussianDenoiser
+    from diffusion_lib.pipelines.generate import generate
 
     schedule = NoiseSchedule.linear(100)
     model = GaussianDenoiser(schedule, mean=2.0, std=0.1)  # samples near 2, outside the pixel range

@@ -1,14 +1,12 @@
 """Static checks of the chapter notebooks (their execution is tested by `pytest --nbval notebooks/`)."""
 
-import sys
-from pathlib import Path
-
 import nbformat
 import pytest
+from _scripts import ROOT, load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from notebook_rules import check_notebook, first_cell_source, notebook_paths  # noqa: E402
-from sync_first_cell import sync  # noqa: E402
+from diffusion_lib.course.notebook_rules import check_notebook, first_cell_source, notebook_paths
+
+sync = load_script(ROOT / "scripts" / "sync_first_cell.py", "sync_first_cell").sync
 
 
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
@@ -66,3 +64,31 @@ def test_check_reports_broken_rules(tmp_path):
     nb.cells.append(shape)
     nbformat.write(nb, path)
     assert check_notebook(path) == []
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` (``diffusion_lib.x.y``) names a module or an attribute reachable from one."""
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for part in parts[k:]:
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
+def test_every_library_name_a_chapter_mentions_exists(path):
+    """Prose and code name the library's modules by their dotted paths; a move must update them."""
+    import re
+
+    names = {m.group(0) for cell in nbformat.read(path, as_version=4).cells
+             for m in re.finditer(r"diffusion_lib(?:\.[A-Za-z_][A-Za-z0-9_]*)+", cell.source)}
+    assert [n for n in sorted(names) if not _resolves(n)] == []

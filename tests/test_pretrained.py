@@ -1,4 +1,4 @@
-"""diffusion_lib.pretrained: where shipped checkpoints are found, how they load (fp16 EMA weights,
+"""diffusion_lib.course.pretrained: where shipped checkpoints are found, how they load (fp16 EMA weights,
 model card), and the notebooks' "load it or train it here"."""
 
 import json
@@ -9,7 +9,8 @@ import pytest
 import torch
 from _train_utils import one_thread, tiny_config
 
-from diffusion_lib import NoiseSchedule, pretrained
+from diffusion_lib import NoiseSchedule
+from diffusion_lib.course import pretrained
 from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_lib.training import train
 

@@ -68,7 +68,8 @@ def test_dry_run_caps_the_gpu_profiles_counts(monkeypatch):
 
 
 def test_dry_run_cuts_training_configurations(monkeypatch):
-    from diffusion_lib import course_models, pretrained
+    from diffusion_lib.course import pretrained
+    from diffusion_lib.course import recipes as course_models
 
     monkeypatch.setenv(profiles.DRY_RUN_ENV, "3")
     full = profiles.dry_run_fields("gpu", {"max_steps": 3000, "batch_size": 128, "warmup_steps": 500,

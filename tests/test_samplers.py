@@ -55,7 +55,7 @@ def test_logsnr_timesteps(schedule, S):
 
 # ---------------------------------------------------------------- the analytic-Gaussian reference
 def test_propagation_reproduces_reference_numbers():
-    """DESIGN.md's few-step DDIM output std for N(0.3, 0.2²), linspace spacing, η = 0."""
+    """ARCHITECTURE.md's few-step DDIM output std for N(0.3, 0.2²), linspace spacing, η = 0."""
     for schedule, expected in ((LINEAR, (0.098, 0.176, 0.194, 0.199)), (COSINE, (0.139, 0.187, 0.197, 0.199))):
         for S, std in zip((10, 50, 200, 1000), expected):
             _, var = ddim_moments(schedule, make_timesteps(1000, S, "linspace"), MU, SIGMA, 0.0)
@@ -196,7 +196,7 @@ def test_ddim_inversion_round_trip(schedule):
             rel[steps, k] = ((back - x0).norm() / x0.norm()).item()
     assert rel[100, 5] < 1e-6 and rel[100, 2] < 1e-3
     # the one-step approximation (ε at the previous point) is O(1/steps): about 11 % and 5.7 % for
-    # the linear schedule (DESIGN.md), halving when the steps double; we measure it, not hide it
+    # the linear schedule (ARCHITECTURE.md), halving when the steps double; we measure it, not hide it
     assert 0.03 < rel[50, 0] < 0.2 and 0.015 < rel[100, 0] < 0.1
     assert rel[50, 0] / rel[100, 0] == pytest.approx(2.0, rel=0.25)
     if schedule is LINEAR:

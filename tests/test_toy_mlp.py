@@ -7,7 +7,7 @@ from diffusion_lib import NoiseSchedule
 from diffusion_lib.data import toy_2d
 from diffusion_lib.models.layers import timestep_embedding
 from diffusion_lib.models.toy import ToyMLP
-from diffusion_lib.training import diffusion_loss
+from diffusion_lib.objective import diffusion_loss
 
 
 def test_shapes_time_and_labels():

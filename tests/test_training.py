@@ -14,12 +14,14 @@ from _train_utils import REPO, loss_after_steps, one_thread, state_tensors, subp
 from torch.utils.data import TensorDataset
 
 from diffusion_lib import checkpoint as ck
-from diffusion_lib import training
-from diffusion_lib.config import ConfigError
-from diffusion_lib.data_order import DataOrder, StepRandom
-from diffusion_lib.ema import ema_decay_at, make_ema
+from diffusion_lib import device as devices
+from diffusion_lib.training.tasks import diffusion as diffusion_task
+from diffusion_lib.training.config import ConfigError
+from diffusion_lib.training.randomness import DataOrder, StepRandom
+from diffusion_lib.training.ema import ema_decay_at, make_ema
 from diffusion_lib.schedules import NoiseSchedule
-from diffusion_lib.training import NonFiniteLossError, diffusion_loss, drop_labels, min_snr_weight, train
+from diffusion_lib.objective import diffusion_loss, drop_labels, min_snr_weight
+from diffusion_lib.training import NonFiniteLossError, train
 
 
 @pytest.fixture(autouse=True)
@@ -213,14 +215,14 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     good = ck.checkpoint_path(out, 2)
     good_bytes = good.read_bytes()
 
-    real_loss, calls = training.diffusion_loss, []
+    real_loss, calls = diffusion_task.diffusion_loss, []
 
     def poisoned(*args, **kwargs):  # the loss of step 4 (a checkpoint step) becomes NaN
         calls.append(1)
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(training, "diffusion_loss", poisoned)
+    monkeypatch.setattr(diffusion_task, "diffusion_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"nan at step 4.*ckpt_00000002\.pt"):
         train(tiny_config(out, max_steps=6, checkpoint_every=2), resume=True)
     assert good.read_bytes() == good_bytes
@@ -285,7 +287,7 @@ def test_cuda_autocast_channels_last(tmp_path, precision):
     result = train(tiny_config(out, device="cuda", precision=precision, max_steps=3, checkpoint_every=2))
     state = ck.load_checkpoint(result["checkpoint"])
     assert all(torch.isfinite(v).all() for v in state["model"].values()) and "cuda" in state["rng"][0]
-    assert bool(state["scaler"]) == (precision == "fp16" or (precision == "auto" and not training._cuda_bf16_supported()))
+    assert bool(state["scaler"]) == (precision == "fp16" or (precision == "auto" and not devices.cuda_bf16_supported()))
     resumed = train(tiny_config(out, device="cuda", precision=precision, max_steps=4), resume=True)
     assert resumed["start_step"] == 3 and resumed["step"] == 4
     model, _, info = ck.load_model(resumed["checkpoint"], device="cuda")

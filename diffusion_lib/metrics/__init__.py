@@ -6,13 +6,12 @@ feature extractor it came from. Offline, FID features come from the standard FID
 """
 
 from .cache import default_cache_dir, reference_features, reference_stats
-from .evaluate import register_cli, run_evaluation
 from .features import EXTRACTORS, FeatureSet, RandomProjection, extract_features, get_extractor
 from .fid import (MIN_FID_SAMPLES, FIDResult, KIDResult, SmallSampleWarning, fid, fid_from_features, fid_from_stats,
                   kid, kid_from_features, poly_mmd, torchmetrics_fid)
 from .frechet import (FeatureStats, frechet_distance, frechet_distance_features, frechet_distance_sqrtm,
                       trace_sqrt_product)
-from .images import to_float, to_uint8
+from ..data.images import to_float, to_uint8
 from .inception import (OFFLINE_SHA1, ChecksumError, FeatureExtractor, InceptionTorchmetrics, InceptionTorchScript,
                         check_sha1, offline_weights_path)
 from .scores import (ScoreResult, class_accuracy, classifier_features, classifier_score, inception_score,
@@ -25,6 +24,6 @@ __all__ = [
     "default_cache_dir", "extract_features", "fid", "fid_from_features", "fid_from_stats", "frechet_distance",
     "frechet_distance_features", "frechet_distance_sqrtm",
     "get_extractor", "inception_score", "kid", "kid_from_features", "offline_weights_path", "poly_mmd",
-    "reference_features", "reference_stats", "register_cli", "run_evaluation", "score_from_logits",
+    "reference_features", "reference_stats", "score_from_logits",
     "to_float", "to_uint8", "torchmetrics_fid", "trace_sqrt_product", "within_class_diversity",
 ]

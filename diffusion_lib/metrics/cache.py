@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +19,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..checkpoint import atomic_write, cache_dir
 from .features import FeatureSet, extract_features, get_extractor
 from .frechet import FeatureStats
 
-CACHE_ENV = "DIFFUSION_CACHE"
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) / "fid" if root else Path.home() / ".cache" / "diffusion_lib" / "fid"
+    """``$DIFFUSION_CACHE/fid``, else ``~/.cache/diffusion_lib/fid``."""
+    return cache_dir("fid")
 
 
 def _load_dataset(name: str, split: str, **kwargs):
@@ -59,15 +57,7 @@ def _read(path: Path, meta: dict) -> dict | None:
 
 
 def _write(path: Path, meta: dict, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=json.dumps(meta), **arrays)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, meta=json.dumps(meta), **arrays))
 
 
 def _features_of_more_images(count: int, meta: dict, dataset_kwargs: dict, cache_dir) -> np.ndarray | None:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .images import count_images, iter_batches, to_uint8
+from ..data.images import count_images, iter_batches, to_uint8
+from ..device import pick_device
 from .inception import FeatureExtractor, InceptionTorchmetrics, InceptionTorchScript, offline_weights_path
 
 OFFLINE = InceptionTorchScript.name
@@ -62,7 +63,7 @@ def get_extractor(extractor: str | nn.Module = "auto", device: str | torch.devic
         raise ValueError(f"extractor must be one of {EXTRACTORS} or a module, got {extractor!r}")
     if extractor == "auto":
         extractor = OFFLINE if offline_weights_path() is not None else ONLINE
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     key = (extractor, str(device), channels_last)
     if key not in _LOADED:

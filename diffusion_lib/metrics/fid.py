@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..data.images import iter_batches, to_uint8
 from .features import FeatureSet, device_of, extract_features, get_extractor
 from .frechet import FeatureStats, frechet_distance, frechet_distance_features, frechet_distance_sqrtm
-from .images import iter_batches, to_uint8
 
 MIN_FID_SAMPLES = 10_000
 FID_METHODS = ("auto", "eigh", "svd", "sqrtm", "torchmetrics")

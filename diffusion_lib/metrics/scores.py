@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.images import count_images, iter_batches, to_float, to_uint8
+from ..device import pick_device
 from .features import device_of
-from .images import count_images, iter_batches, to_float, to_uint8
 from .inception import torchmetrics_inception_net
 
 
@@ -96,7 +97,7 @@ def inception_score(images, *, splits: int = 10, batch_size: int = 50, device=No
     from torchmetrics.image.inception import InceptionScore
 
     net = torchmetrics_inception_net("logits_unbiased", weights_path)
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     with warnings.catch_warnings():  # its note that it keeps all logits in memory: 1008 floats per image here
         warnings.filterwarnings("ignore", message=".*save all extracted features", category=UserWarning)
         metric = InceptionScore(feature=net, splits=splits).to(dev)

@@ -50,6 +50,22 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def check_labels(y, n: int, num_classes: int, device) -> torch.Tensor:
+    """Class labels y as a long tensor of shape (n,) (a scalar is repeated); each in [0, num_classes − 1] or
+    the null label num_classes (classifier-free guidance's "no condition")."""
+    y = torch.as_tensor(y, device=device)
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.ndim == 0:
+        y = y.expand(n)
+    if y.shape != (n,):
+        raise ValueError(f"y must have shape ({n},) (one label per sample) or be a scalar, got {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) > num_classes:
+        raise ValueError(f"y must be in [0, {num_classes - 1}] or the null label {num_classes}, "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
+    return y.long()
+
+
 def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups, channels, eps=GROUP_NORM_EPS)
 

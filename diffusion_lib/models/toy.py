@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import timestep_embedding
+from .layers import check_labels, timestep_embedding
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -77,16 +77,7 @@ class ToyMLP(nn.Module):
         if self.label_embed is not None:
             if y is None:
                 y = torch.full((n,), num_classes, dtype=torch.long, device=x.device)
-            y = torch.as_tensor(y, device=x.device)
-            if y.dtype.is_floating_point or y.dtype == torch.bool:
-                raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-            if y.ndim == 0:
-                y = y.expand(n)
-            if y.shape != (n,):
-                raise ValueError(f"y must have shape (N,) = ({n},) or be a scalar, got {tuple(y.shape)}")
-            if int(y.min()) < 0 or int(y.max()) > num_classes:
-                raise ValueError(f"y must be in [0, {num_classes - 1}] or the null label {num_classes}")
-            c = c + self.label_embed(y.long())
+            c = c + self.label_embed(check_labels(y, n, num_classes, x.device))
         elif y is not None:
             raise ValueError("y was given but this ToyMLP is unconditional; build it with num_classes=...")
 

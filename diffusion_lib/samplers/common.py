@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..schedules import NoiseSchedule
+from ..schedules import NoiseSchedule, split_prediction
 
 
 @dataclass
@@ -54,26 +54,17 @@ def initial_noise(x_T, shape, generator, device, dtype) -> torch.Tensor:
 
 
 def to_x0_eps(x, pred, a: float, b: float, prediction_type: str, clip_x0: bool, need_eps: bool = True):
-    """(x0, ε) from a network output at x = a·x0 + b·ε, a = √ᾱ_t, b = √(1 − ᾱ_t).
+    """(x0, ε) from a network output at x = a·x0 + b·ε (:func:`~diffusion_lib.schedules.split_prediction`).
 
-    ε: x0 = (x − bε)/a (Ho et al. 2020, eq. 15); x0-prediction: ε = (x − a·x0)/b;
-    v = aε − b·x0: x0 = a·x − b·v, ε = b·x + a·v (Salimans & Ho 2022, §4).
     With clip_x0, x0 is clamped to [−1, 1] and ε recomputed from it, so the step stays consistent
     with the clipped x0 (as in improved-diffusion's DDIM). Returns ε = None when not need_eps.
     """
-    if prediction_type == "epsilon":
-        x0 = torch.add(x, pred, alpha=-b).mul_(1.0 / a)
-        eps = pred
-    elif prediction_type == "sample":
-        x0, eps = pred, None
-    else:
-        x0 = torch.mul(x, a).sub_(pred, alpha=b)
-        eps = torch.mul(x, b).add_(pred, alpha=a) if need_eps else None
+    x0, eps = split_prediction(x, pred, a, b, prediction_type, need_eps=need_eps and not clip_x0)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
         eps = None
     if need_eps and eps is None:
-        eps = torch.add(x, x0, alpha=-a).mul_(1.0 / b)
+        eps = split_prediction(x, x0, a, b, "sample")[1]
     return x0, eps
 
 

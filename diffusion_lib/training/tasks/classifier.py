@@ -15,16 +15,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt_io
-from .config import ConfigError, TrainConfig
+from ... import checkpoint as ckpt_io
+from ...checkpoint import load_classifier
+from ...data import dataset_info, load_dataset
+from ...data.images import random_hflip
+from ...models import Classifier, ClassifierConfig
+from ..config import ConfigError, TrainConfig
+from ..distributed import DistInfo
+from ..trainer import Trainer
 
 MODEL_NAME = "classifier"
 
 
 def build_classifier_config(config: TrainConfig, dataset_info=None):
     """ClassifierConfig from ``model_overrides``, with in_channels, image_size and num_classes from the data."""
-    from .models import ClassifierConfig
-
     if config.model != MODEL_NAME:
         raise ConfigError(f"config key 'model' must be {MODEL_NAME!r} when task is 'classifier' (its fields come "
                           f"from model_overrides), got {config.model!r}")
@@ -43,8 +47,7 @@ def classifier_loss_fn(config: TrainConfig):
 
     def loss_fn(model, x, y, rng):
         if config.hflip:
-            flip = rng.rand() < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = random_hflip(x, rng.rand())
         return F.cross_entropy(model(x).float(), y)
 
     return loss_fn
@@ -66,28 +69,9 @@ def dataset_accuracy(model, dataset, *, batch_size: int = 500, device=None) -> f
     return correct / total
 
 
-def load_classifier(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"):
-    """The Classifier of a checkpoint written with ``task: classifier`` (or its ``classifier.pt``), in eval mode."""
-    from .models import Classifier, ClassifierConfig
-
-    state = ckpt_io.load_checkpoint(path)
-    if "classifier_config" not in state:
-        raise ckpt_io.CheckpointError(f"checkpoint file {str(path)!r} has no 'classifier_config': "
-                                      f"not a classifier checkpoint")
-    which = "ema" if ema and "ema" in state else "model"
-    model = Classifier(ClassifierConfig.from_dict(state["classifier_config"]))
-    model.load_state_dict(state[which])
-    return model.to(device).eval()
-
-
 def train_classifier(config: TrainConfig, *, resume=False, dataset=None, dist_info=None, device=None) -> dict:
     """Train the classifier as ``config`` says; returns the Trainer's summary plus ``test_accuracy``
     (EMA weights, whole test split) and ``classifier`` (the exported file)."""
-    from .data import dataset_info, load_dataset
-    from .distributed import DistInfo
-    from .models import Classifier
-    from .training import Trainer
-
     dist_info = dist_info or DistInfo()
     info = dataset_info(config.dataset) if dataset is None else None
     model_config = build_classifier_config(config, info)

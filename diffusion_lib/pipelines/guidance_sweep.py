@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..metrics import class_accuracy, classifier_features, fid, within_class_diversity
+from ..samplers import classifier_free_guidance
+from .generate import sample_in_batches, sampler_options
+
 DEFAULT_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)
 
 
@@ -76,8 +80,6 @@ def sample_classes(model, schedule, labels: torch.Tensor, *, guidance_scale: flo
                    **sampler_kwargs) -> torch.Tensor:
     """Guided samples of the given labels, batched; the noise is a function of ``seed`` only, so every
     scale starts from the same x_T. Returns images in [-1, 1] on the CPU (decoded when ``decode``)."""
-    from .samplers import classifier_free_guidance, sample
-
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be a 1-D tensor of integer class labels, got {labels.dtype} "
@@ -90,14 +92,13 @@ def sample_classes(model, schedule, labels: torch.Tensor, *, guidance_scale: flo
     device = torch.device(device) if device is not None else _device_of(model)
     guided = classifier_free_guidance(model, guidance_scale, null_label)
     generator = torch.Generator(device).manual_seed(seed)
-    out = []
-    for start in range(0, len(labels), batch_size):
-        y = labels[start:start + batch_size].to(device)
-        x = sample(guided, schedule, sampler, shape=(len(y), *shape), generator=generator, y=y,
-                   progress=progress, **sampler_kwargs)
-        x = decode(x) if decode is not None else x
-        out.append(x.float().clamp(-1, 1).cpu())
-    return torch.cat(out)
+
+    def decode_batch(x):
+        return (decode(x) if decode is not None else x).float().clamp(-1, 1)
+
+    return sample_in_batches(guided, schedule, sampler, shape=shape, n=len(labels), labels=labels,
+                             batch_size=batch_size, generator=generator, decode=decode_batch, progress=progress,
+                             **sampler_kwargs)
 
 
 def _num_classes(model) -> int | None:
@@ -136,13 +137,6 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
         fid_scales, fid_reference, fid_extractor: FID of that scale's samples against
             ``fid_reference`` (FeatureStats, FeatureSet or images), e.g. FID-2k at s = 0, 1, 3.
     """
-    from .metrics import (
-        class_accuracy,
-        classifier_features,
-        fid,
-        within_class_diversity,
-    )
-
     scales = _check_scales(scales)
     fid_scales = _check_scales(fid_scales) if fid_scales else []
     if fid_scales and fid_reference is None:
@@ -163,8 +157,8 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
         raise ValueError(f"samples_per_class must be >= 2 (diversity needs pairs), got {samples_per_class}")
     grid_per_class = min(grid_per_class, samples_per_class)
     labels = torch.arange(num_classes).repeat_interleave(samples_per_class)  # class-major
-    if sampler != "ddpm":
-        sampler_kwargs["num_steps"] = num_steps
+    settings_kwargs = dict(sampler_kwargs)
+    sampler_kwargs = {**sampler_options(sampler, steps=num_steps, prediction_type=prediction_type), **sampler_kwargs}
     grid_index = torch.tensor([c * samples_per_class + r for r in range(grid_per_class) for c in range(num_classes)])
 
     rows, grids = [], {}
@@ -172,8 +166,7 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
         start = time.perf_counter()
         images = sample_classes(model, schedule, labels, guidance_scale=s, null_label=null_label,
                                 shape=tuple(image_shape), sampler=sampler, batch_size=batch_size, seed=seed,
-                                decode=decode, device=device, progress=progress, prediction_type=prediction_type,
-                                **sampler_kwargs)
+                                decode=decode, device=device, progress=progress, **sampler_kwargs)
         seconds = time.perf_counter() - start
         logits_kw = dict(batch_size=batch_size)
         accuracy = class_accuracy(images, labels, classifier, **logits_kw)
@@ -189,7 +182,7 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
     settings = {"samples_per_class": samples_per_class, "num_classes": num_classes, "null_label": null_label,
                 "sampler": sampler, "num_steps": num_steps if sampler != "ddpm" else schedule.num_timesteps,
                 "prediction_type": prediction_type, "seed": seed, "latent": decode is not None,
-                "image_shape": list(image_shape), **{k: v for k, v in sampler_kwargs.items() if k != "num_steps"}}
+                "image_shape": list(image_shape), **{k: v for k, v in settings_kwargs.items() if k != "num_steps"}}
     return GuidanceSweepResult(rows, grids, settings)
 
 

@@ -1,7 +1,7 @@
 """The VAE, latent and guided models and the classifier of chapters 7–8: shipped, or trained here.
 
-Like :func:`diffusion_lib.pretrained.load_or_train` for the pixel models: a chapter takes the shipped
-model (``checkpoints/<name>.pt``, see :mod:`diffusion_lib.pretrained`) when there is one and the
+Like :func:`diffusion_lib.course.pretrained.load_or_train` for the pixel models: a chapter takes the shipped
+model (``checkpoints/<name>.pt``, see :mod:`diffusion_lib.course.pretrained`) when there is one and the
 profile is not ``smoke``, and otherwise trains the configuration below for its profile, in
 ``runs/<name>-<profile>-<hash>/`` (reused and resumed like any run). Every configuration goes
 through ``python -m diffusion_lib train``'s code path, so what a notebook trains is what the command
@@ -18,10 +18,12 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from .config import TrainConfig, validate_config
-from .data import dataset_info
-from .pretrained import find_checkpoint, run_dir
-from .profiles import check_profile, dry_run_fields
+from ..checkpoint import load_checkpoint, load_classifier, load_model, load_vae
+from ..data import DatasetNotFoundError, dataset_info, load_dataset
+from ..profiles import check_profile, dry_run_fields
+from ..training import TrainConfig, train
+from ..training.config import validate_config
+from .pretrained import find_checkpoint, load_pretrained, run_dir
 
 _COMMON = dict(seed=0, sample_every=0, tensorboard=False, weight_decay=0.0, grad_clip=None)
 _SMOKE_DATA = dict(dataset="shapes", dataset_kwargs={"num_samples": 256}, image_size=16, device="cpu",
@@ -32,8 +34,6 @@ _TINY_VAE = {"in_channels": 3, "base_channels": 8, "channel_mult": [1, 2], "num_
 
 def gpu_dataset() -> str:
     """"imagenet100" when its folder is on disk (see data.load_dataset), else "cifar10"."""
-    from .data import DatasetNotFoundError, load_dataset
-
     try:
         load_dataset("imagenet100", "train", download=False)
         return "imagenet100"
@@ -112,8 +112,6 @@ def classifier_config(profile: str, dataset: str | None = None) -> TrainConfig:
 
 def _run(name: str, config: TrainConfig, profile: str, output_dir, dataset=None) -> dict:
     """Train (or resume, or reuse) ``config`` in its own run folder; returns the training summary."""
-    from .training import train
-
     if output_dir is None:
         output_dir = (tempfile.mkdtemp(prefix=f"{name}-smoke-") if profile == "smoke"
                       else run_dir(name, config, profile))
@@ -123,8 +121,6 @@ def _run(name: str, config: TrainConfig, profile: str, output_dir, dataset=None)
 
 def load_or_train_vae(profile: str, config: TrainConfig | None = None, *, device="cpu", output_dir=None):
     """(VAE, path of its file, source) — the shipped ``fashion_vae`` (cpu profile) or one trained here."""
-    from .latent import load_vae
-
     shipped = find_checkpoint("fashion_vae")
     if check_profile(profile) == "cpu" and shipped is not None:
         return load_vae(shipped, device=device), shipped, "shipped"
@@ -136,12 +132,12 @@ def load_or_train_vae(profile: str, config: TrainConfig | None = None, *, device
 def load_or_train_vae_for(profile: str, dataset: str, *, device="cpu", output_dir=None):
     """(VAE, path of its file or None, source): the VAE of chapters 7–8 for ``dataset``.
 
-    ImageNet-100 (gpu profile) takes Stable Diffusion's VAE (:func:`~diffusion_lib.latent.load_sd_vae`,
+    ImageNet-100 (gpu profile) takes Stable Diffusion's VAE (:func:`~diffusion_lib.models.sd_vae.load_sd_vae`,
     path None). Where that cannot be had (diffusers not installed, or its weights not downloadable),
     one line says why and the course's own VAE is trained here instead, as for every other data set
     (:func:`load_or_train_vae` with :func:`vae_config`).
     """
-    from .latent import load_sd_vae
+    from ..models.sd_vae import load_sd_vae
 
     if dataset == "imagenet100":
         try:
@@ -156,9 +152,6 @@ def load_or_train_vae_for(profile: str, dataset: str, *, device="cpu", output_di
 
 def load_or_train_classifier(profile: str, config: TrainConfig | None = None, *, device="cpu", output_dir=None):
     """(Classifier, test accuracy, source) — the shipped ``fashion_classifier`` (cpu profile) or one trained here."""
-    from .checkpoint import load_checkpoint
-    from .classifier_training import load_classifier
-
     shipped = find_checkpoint("fashion_classifier")
     if check_profile(profile) == "cpu" and shipped is not None:
         return load_classifier(shipped, device=device), load_checkpoint(shipped).get("test_accuracy"), "shipped"
@@ -173,9 +166,6 @@ def load_or_train_latent(name: str, profile: str, config: TrainConfig, *, datase
     or ``config`` trained here, on ``dataset`` (e.g. latents of Stable Diffusion's VAE) when given, else
     on the latents of ``config.vae``. Returns ``(model, schedule, info)`` as ``load_model`` does, with
     ``source``, ``name`` and ``train`` (the training summary) in ``info``."""
-    from .checkpoint import load_model
-    from .pretrained import load_pretrained
-
     if check_profile(profile) == "cpu" and find_checkpoint(name) is not None:
         return load_pretrained(name, device=device)
     summary = _run(name, config, profile, output_dir, dataset)

@@ -1,4 +1,4 @@
-"""Images at the metrics edge: library floats in [-1, 1] become uint8, the input of every FID network."""
+"""Images at the edges: the library's floats in [-1, 1] and uint8 (datasets, files, every FID network), one map each way."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
         return images
     if not images.is_floating_point():
         raise TypeError(f"images must be uint8 or a float tensor in [-1, 1], got dtype {images.dtype}")
-    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return ((images.detach().float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -65,3 +65,8 @@ def count_images(images) -> int | None:
         return images.shape[0]
     dataset = getattr(images, "dataset", None)
     return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+
+
+def random_hflip(images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The (N, C, H, W) batch with image i mirrored left-right where ``u[i] < 0.5`` (u ~ Uniform[0, 1), one per image)."""
+    return torch.where((u < 0.5)[:, None, None, None], images.flip(3), images)

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import latest_checkpoint, load_model
-from .config import TrainConfig, config_to_dict, validate_config
-from .profiles import check_profile, dry_run_cap, dry_run_fields
+from ..checkpoint import latest_checkpoint, load_model
+from ..profiles import check_profile, dry_run_cap, dry_run_fields
+from ..training.config import TrainConfig, config_to_dict, validate_config
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
 
@@ -48,7 +48,7 @@ def checkpoint_dirs() -> list[Path]:
     env = os.environ.get(CHECKPOINTS_ENV, "").strip()
     if env:
         dirs.append(Path(env).expanduser())
-    dirs.append(Path(__file__).resolve().parent.parent / "checkpoints")  # the repository's folder
+    dirs.append(Path(__file__).resolve().parents[2] / "checkpoints")  # the repository's folder
     dirs.append(Path.home() / ".cache" / "diffusion_lib" / "checkpoints")
     return dirs
 
@@ -189,7 +189,7 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
     :func:`~diffusion_lib.training.train`; its ``start_step`` equals ``step`` when a finished run
     was reused).
     """
-    from .training import train
+    from ..training import train
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (see notebook_config), got {type(config).__name__}")

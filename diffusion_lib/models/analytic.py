@@ -48,7 +48,8 @@ import math
 
 import torch
 
-from .schedules import PREDICTION_TYPES, NoiseSchedule
+from ..schedules import PREDICTION_TYPES, NoiseSchedule
+from .layers import check_labels
 
 __all__ = ["AnalyticDenoiser", "GaussianDenoiser", "MixtureDenoiser"]
 
@@ -226,16 +227,7 @@ class MixtureDenoiser(AnalyticDenoiser):
         log_w = self.weights.to(device=device, dtype=dtype).log().expand(n, -1)
         if y is None:
             return log_w
-        y = torch.as_tensor(y, device=device)
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-        if y.ndim == 0:
-            y = y.expand(n)
-        if y.shape != (n,):
-            raise ValueError(f"y must have shape ({n},) (one label per sample), got {tuple(y.shape)}")
-        if int(y.min()) < 0 or int(y.max()) > self.null_label:
-            raise ValueError(f"y must be in [0, {self.num_classes - 1}] or the null label {self.null_label}, "
-                             f"got values in [{int(y.min())}, {int(y.max())}]")
+        y = check_labels(y, n, self.num_classes, device)
         labels = self.component_labels.to(device)
         keep = (labels[None, :] == y[:, None]) | (y[:, None] == self.null_label)
         log_w = torch.where(keep, log_w, torch.full_like(log_w, -math.inf))

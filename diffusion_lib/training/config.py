@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
+from ..schedules import PREDICTION_TYPES
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TASKS = ("diffusion", "vae", "classifier")
 
 

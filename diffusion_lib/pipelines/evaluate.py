@@ -7,93 +7,32 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .cache import reference_features, reference_stats
-from .features import extract_features, get_extractor
-from .fid import fid_from_features, fid_from_stats, kid_from_features
+from ..checkpoint import load_model
+from ..device import pick_device
+from ..latent import decode_latents
+from ..metrics.cache import reference_features, reference_stats
+from ..metrics.features import extract_features, get_extractor
+from ..metrics.fid import fid_from_features, fid_from_stats, kid_from_features
+from .generate import generate
+from .machine import machine_info
 
 METRICS = ("fid", "kid")
 
 
-def _dataset_options(config: dict) -> dict:
+def dataset_options(config: dict) -> dict:
     """load_dataset options that make the reference look like the training data (no augmentation)."""
     options = dict(config.get("dataset_kwargs") or {})
     for key, name in (("image_size", "image_size"), ("data_root", "root")):
         if config.get(key) is not None:
             options[name] = config[key]
     return options
-
-
-def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n: int, batch_size: int,
-             seed: int, guidance_scale: float, eta: float, device, progress: bool,
-             clip_x0: bool = False) -> torch.Tensor:
-    """``n`` samples on the CPU: images clamped to [-1, 1], or for a latent model (``info["vae"]``) its
-    latents as sampled (they are not bounded; clamping them would distort every decoded image).
-    Conditional models get the classes in turn. ``clip_x0``: clamp each step's x̂0 to [-1, 1] as Ho et
-    al.'s sampler does (pixel models only)."""
-    if clip_x0 and info.get("vae"):
-        raise ValueError("clip_x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
-                         "which are not bounded: sample it with clip_x0=False")
-    from ..samplers import classifier_free_guidance, sample
-
-    num_classes = info["num_classes"]
-    if num_classes is None and guidance_scale != 1.0:
-        raise ValueError("guidance_scale needs a class-conditional model; this checkpoint is unconditional")
-    net = model if guidance_scale == 1.0 else classifier_free_guidance(model, guidance_scale, info["null_label"])
-    options = {"prediction_type": info["prediction_type"], "clip_x0": clip_x0}
-    if sampler == "ddim":
-        options.update(num_steps=steps, eta=eta)
-    elif sampler == "dpm_solver":
-        options.update(num_steps=steps)
-    generator = torch.Generator(device).manual_seed(seed)
-    images = []
-    with torch.inference_mode(), tqdm(total=n, unit="img", disable=not progress, desc=f"sampling ({sampler})") as bar:
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            y = None if num_classes is None else (torch.arange(start, start + b) % num_classes).to(device)
-            images.append(sample(net, schedule, sampler, shape=(b, *info["image_shape"]), generator=generator,
-                                 y=y, device=device, **options).cpu())
-            bar.update(b)
-    images = torch.cat(images)
-    return images if info.get("vae") else images.clamp(-1, 1)
-
-
-def machine_info(device: str | torch.device = "cpu") -> dict:
-    """What a measured number depends on: platform, versions, device name, CPU threads, date (UTC)."""
-    device = torch.device(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": str(torch.__version__),
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-            "cpu": cpu, "cpu_threads": torch.get_num_threads(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set of this process in MiB (Linux VmHWM; elsewhere getrusage's maximum): the CPU
-    counterpart of CUDA's max_memory_allocated, meaningful in a fresh process per measurement."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int | None = 50, n: int = 10_000,
@@ -107,8 +46,6 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
 
     Latent-diffusion samples are decoded by the checkpoint's VAE first. The reference statistics are cached.
     """
-    from ..checkpoint import load_model
-
     unknown = set(metrics) - set(METRICS)
     if not metrics or unknown:
         raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {tuple(metrics)}")
@@ -118,7 +55,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
         raise ValueError(f"steps must be >= 1 for sampler {sampler!r}, got {steps!r}")
     if n < 2 or batch_size < 1:
         raise ValueError(f"n must be >= 2 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     model, schedule, info = load_model(checkpoint, ema=ema, device=device)
     model = model.to(memory_format=torch.channels_last)  # 1.2x images/s on a CPU too, and what CUDA wants
     config = info.get("config") or {}
@@ -132,7 +69,6 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     images = generate(model, schedule, info, sampler=sampler, steps=steps, n=n, batch_size=batch_size, seed=seed,
                       guidance_scale=guidance_scale, eta=eta, device=device, progress=progress, clip_x0=clip_x0)
     if info.get("vae"):  # latent diffusion: the samples are latents of this VAE; score the decoded images
-        from ..latent import decode_latents
         images = decode_latents(images, info["vae"], batch_size=batch_size, device=device)
     sampling_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -140,7 +76,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     feature_seconds = time.perf_counter() - start
 
     ref_kw = dict(extractor=net, cache_dir=cache_dir, batch_size=feature_batch_size, device=device,
-                  progress=progress, **_dataset_options(config))
+                  progress=progress, **dataset_options(config))
     result = {
         "checkpoint": str(checkpoint), "step": info.get("step"), "weights": info.get("weights"),
         "sampler": sampler, "steps": steps, "eta": eta if sampler == "ddim" else None,

@@ -1,4 +1,4 @@
-"""The rules every chapter notebook follows, shared by the sync, execute and check scripts.
+"""The rules every chapter notebook follows, shared by the sync, execute and check scripts and the tests.
 
 - Its first code cell is the set-up cell, exactly ``notebooks/_first_cell.py``, tagged
   ``setup`` (how the sync script finds it) and ``hide-input`` (collapsed in the book).
@@ -16,9 +16,11 @@ import re
 from pathlib import Path
 
 import nbformat
-from assignment_cells import exercise_problems
 
-ROOT = Path(__file__).resolve().parents[1]
+from .assignment_cells import exercise_problems
+
+# The repository (a clone, or an editable install): the chapters live beside the package.
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 FIRST_CELL_FILE = NOTEBOOKS / "_first_cell.py"
 SETUP_TAGS = ["setup", "hide-input"]
@@ -32,6 +34,16 @@ RUN_DEPENDENT = {
     "a progress bar or rate": re.compile(r"\d+(\.\d+)?\s?(it/s|s/it)|\|[#█▏▎▍▌▋▊▉ ]{5,}\|"),
     "an absolute path": re.compile(r"(^|[\s'\"(])/(home|root|tmp|work|usr|content|Users)/"),
 }
+
+
+def kernel_environment(profile: str) -> dict[str, str]:
+    """The environment of a chapter's kernel, the same under nbval and when the outputs are committed."""
+    return {
+        "DIFFUSION_PROFILE": profile,
+        # figures as inline PNG outputs even where MPLBACKEND=Agg is set for scripts
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "PYTHONHASHSEED": "0",
+    }
 
 
 def notebook_paths() -> list[Path]:

@@ -19,8 +19,15 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt_io
-from .config import ConfigError, TrainConfig
+from ... import checkpoint as ckpt_io
+from ...checkpoint import load_vae
+from ...data import dataset_info, load_dataset
+from ...data.images import random_hflip
+from ...latent import reconstruction_psnr
+from ...models import VAE, VAE_PRESETS, VAEConfig, measure_latent_scale, vae_loss
+from ..config import ConfigError, TrainConfig
+from ..distributed import DistInfo
+from ..trainer import Trainer
 
 SCALE_IMAGES = 10_000  # training images the latent scale is measured on
 TEST_IMAGES = 2_000  # test images for the reconstruction PSNR stored in vae.pt
@@ -28,8 +35,6 @@ TEST_IMAGES = 2_000  # test images for the reconstruction PSNR stored in vae.pt
 
 def build_vae_config(config: TrainConfig, dataset_info=None):
     """The VAEConfig of ``model`` (a VAE preset) and ``model_overrides``, checked against the data."""
-    from .models import VAE_PRESETS, VAEConfig
-
     if config.model not in VAE_PRESETS:
         raise ConfigError(f"config key 'model' must name a VAE preset when task is 'vae'; available: "
                           f"{sorted(VAE_PRESETS)}, got {config.model!r}")
@@ -49,12 +54,9 @@ def build_vae_config(config: TrainConfig, dataset_info=None):
 
 def vae_loss_fn(config: TrainConfig):
     """The Trainer's loss: flips from the step's rng, a posterior sample, reconstruction + β·KL."""
-    from .models import vae_loss
-
     def loss_fn(model, x, y, rng):
         if config.hflip:
-            flip = rng.rand() < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = random_hflip(x, rng.rand())
         return vae_loss(x, model(x, generator=rng.generator), config.vae_beta)["loss"]
 
     return loss_fn
@@ -79,8 +81,6 @@ def _images(dataset, n: int) -> torch.Tensor:
 @torch.no_grad()
 def vae_report(vae, test_images: torch.Tensor, batch_size: int = 250) -> dict:
     """Reconstruction PSNR (dB), KL per image and the latent statistics of ``test_images``."""
-    from .latent import reconstruction_psnr
-
     vae.eval()
     dev = vae.latent_scale.device
     means, stds, kls = [], [], []
@@ -100,12 +100,10 @@ def store_latent_scale(path: str | Path, dataset, *, num_images: int = SCALE_IMA
                        batch_size: int = 250) -> float:
     """Measure the latent scale of a VAE checkpoint's EMA weights on ``dataset`` and write it into the
     file (atomically); returns the scale. For checkpoints saved before the scale was measured."""
-    from .models import VAE, VAEConfig, measure_latent_scale
-
     state = ckpt_io.load_checkpoint(path)
     if "vae_config" not in state:
         raise ckpt_io.CheckpointError(f"checkpoint file {str(path)!r} has no 'vae_config': not a VAE checkpoint")
-    which = "ema" if "ema" in state else "model"
+    which = ckpt_io.weights_key(state, True, path)
     vae = VAE(VAEConfig.from_dict(state["vae_config"])).to(device)
     vae.load_state_dict(state[which])
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(min(num_images, len(dataset)))),
@@ -133,11 +131,6 @@ def train_vae(config: TrainConfig, *, resume=False, dataset=None, dist_info=None
 
     Returns the Trainer's summary plus ``latent_scale``, ``vae`` (the exported file) and ``report``.
     """
-    from .data import dataset_info, load_dataset
-    from .distributed import DistInfo
-    from .models import VAE
-    from .training import Trainer
-
     dist_info = dist_info or DistInfo()
     info = None
     if dataset is None:
@@ -166,8 +159,6 @@ def train_vae(config: TrainConfig, *, resume=False, dataset=None, dist_info=None
         return {**result, "latent_scale": state["latent_scale"], "vae": str(out), "report": state["report"]}
     final = Path(result["checkpoint"])
     scale = store_latent_scale(final, dataset, device=trainer.device)
-    from .latent import load_vae
-
     report = {}
     if info is not None:  # a named dataset: reconstruction numbers on its test split
         test = load_dataset(config.dataset, "test", root=config.data_root, image_size=vae_config.image_size,

@@ -1,0 +1,90 @@
+"""The diffusion objective: the loss of a batch, and one plain optimisation step.
+
+Ho et al. 2020, Algorithm 1, generalised to three parameterisations:
+
+    x0 ~ data,  t ~ Uniform{0, …, T−1},  ε ~ N(0, I)
+    x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε                        (eq. 4)
+    loss = ‖ target(x0, ε, t) − model(x_t, t, y) ‖²          (eq. 14, the "simple" loss)
+
+where the target is ε ("epsilon"), x0 ("sample") or v = √ᾱ_t ε − √(1 − ᾱ_t) x0 ("v_prediction",
+Salimans & Ho 2022). Optionally each sample's loss is weighted by min-SNR-γ (Hang et al. 2023), and
+labels are dropped to the null class for classifier-free guidance (Ho & Salimans 2022).
+
+:func:`diffusion_loss` and :func:`train_step` are the parts a notebook uses directly; the Trainer
+(:mod:`diffusion_lib.training`) adds what long runs need around the same loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def min_snr_weight(schedule, t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Per-sample loss weights of Min-SNR-γ (Hang et al. 2023, eq. 8 and its ε / v forms).
+
+    Every objective is rescaled so that it equals min(SNR_t, γ) · ‖x0 − x̂0‖²: low-noise steps
+    (huge SNR) no longer dominate the gradient. Weights: ε-target min(SNR, γ)/SNR, x0-target
+    min(SNR, γ), v-target min(SNR, γ)/(SNR + 1).
+    """
+    snr = schedule.snr.to(device=t.device, dtype=torch.float32)[t]
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "sample":
+        return clipped
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    raise ValueError(f"prediction_type must be 'epsilon', 'sample' or 'v_prediction', got {prediction_type!r}")
+
+
+def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, u: torch.Tensor) -> torch.Tensor:
+    """Replace each label by the null class where ``u < p_uncond`` (u ~ Uniform[0, 1), one per sample).
+
+    Training on both conditional and unconditional inputs lets one network give both predictions
+    that classifier-free guidance combines (Ho & Salimans 2022, Algorithm 1).
+    """
+    return torch.where(u < p_uncond, torch.full_like(y, null_label), y)
+
+
+def diffusion_loss(model: Callable, schedule, x0: torch.Tensor, y: torch.Tensor | None = None, *,
+                   prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
+                   p_uncond: float = 0.0, null_label: int | None = None, t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The denoising loss of a batch x0 (N, C, H, W) in [-1, 1] with optional labels y (N,).
+
+    t and noise are drawn with ``generator`` unless given. With ``p_uncond > 0`` labels are dropped
+    to ``null_label`` (default ``model.null_label``) at that rate. Returns the mean loss (a scalar).
+    """
+    n = x0.shape[0]
+    if t is None:
+        t = torch.randint(0, schedule.num_timesteps, (n,), generator=generator, device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if p_uncond > 0 and y is not None:
+        null_label = getattr(model, "null_label", None) if null_label is None else null_label
+        if null_label is None:
+            raise ValueError("p_uncond > 0 needs a null_label (a class-conditional model has one)")
+        y = drop_labels(y, p_uncond, null_label, torch.rand(n, generator=generator, device=x0.device))
+
+    x_t = schedule.q_sample(x0, t, noise)
+    target = schedule.training_target(x0, noise, t, prediction_type)
+    prediction = model(x_t, t, y)
+    # Mean over pixels per sample, in float32 even under autocast.
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    if min_snr_gamma is not None:
+        per_sample = per_sample * min_snr_weight(schedule, t, min_snr_gamma, prediction_type)
+    return per_sample.mean()
+
+
+def train_step(model: torch.nn.Module, schedule, optimizer: torch.optim.Optimizer, x0: torch.Tensor,
+               y: torch.Tensor | None = None, **loss_kwargs) -> float:
+    """One plain optimisation step on a batch: loss, backward, update. Returns the loss value."""
+    model.train()
+    loss = diffusion_loss(model, schedule, x0, y, **loss_kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()

@@ -1,0 +1,1 @@
+"""Pipelines: trained models put to work (batched generation, evaluation, the guidance sweep)."""
