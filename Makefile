@@ -47,7 +47,8 @@ assignments: install
 	$(PYTHON) scripts/make_assignments.py
 
 # Colab compatibility (not in CI): Python 3.13 venv with Colab's versions, the notebooks' own
-# install cell, then the smoke notebooks.
+# install cell, the smoke notebooks and unit tests, then chapter 05 (cpu profile) from that install
+# with the shipped models served on 127.0.0.1.
 colab-check:
 	bash scripts/colab_check.sh
 

@@ -181,6 +181,8 @@ def main() -> int:
     if args.fid and "fid_10k" not in measured:
         card["measured"].pop("fid_10k", None)  # an older FID-10k belongs to other samples
     card_path.write_text(json.dumps(card, indent=1) + "\n")
+    if card_path.parent.resolve() == (REPO / "checkpoints").resolve():  # the card's sha256 is in the manifest
+        pretrained.write_manifest(REPO / "checkpoints", REPO / "diffusion_lib" / "course" / "shipped_models.json")
     print(json.dumps(measured, indent=1))
     return 0
 

@@ -23,6 +23,7 @@ else
         cp "runs/gpu/ship/$name.pt" "runs/gpu/ship/$name.json" checkpoints/
     done
 fi
+"${PYTHON:-python3}" scripts/ship_model.py --manifest  # the package's list of the shipped files
 if cmp -s runs/gpu/ship/fashion_ddpm_linear.pt checkpoints/fashion_ddpm_linear.pt; then
     cp runs/gpu/efficiency.json benchmarks/results/efficiency.json
 fi

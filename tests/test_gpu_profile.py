@@ -182,7 +182,7 @@ def test_missing_gpu_data_names_the_folder_and_layout(tmp_path, monkeypatch):
 
 
 def test_dry_run_trains_instead_of_loading_shipped_models(monkeypatch):
-    monkeypatch.setattr(pretrained, "find_checkpoint", lambda name: Path(f"{name}.pt"))
+    monkeypatch.setattr(pretrained, "shipped_checkpoint", lambda name: Path(f"{name}.pt"))
     monkeypatch.setattr(pretrained, "load_pretrained", lambda name, **kw: "shipped")
     monkeypatch.setattr(pretrained, "train_here", lambda name, config, **kw: "trained here")
     config = pretrained.notebook_config("fashion_ddpm_linear", "gpu")

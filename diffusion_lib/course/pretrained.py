@@ -3,16 +3,23 @@
 The course ships small models trained with ``python -m diffusion_lib train`` (EMA weights only,
 possibly stored in fp16), each as ``<name>.pt`` with a model card ``<name>.json`` beside it
 (command, config, steps, wall time, hardware, seed, sha256, measured FID). The names the book uses
-are in :data:`NAMES`. :func:`find_checkpoint` looks for ``<name>.pt`` in these folders, in order:
+are in :data:`NAMES`; the manifest ``shipped_models.json`` inside the package (:func:`manifest`,
+written by ``scripts/ship_model.py``) gives each one's file, size and sha256, and its card's.
+:func:`find_checkpoint` looks for ``<name>.pt`` in these folders, in order:
 
 1. ``$DIFFUSION_CHECKPOINTS`` (a folder you choose, e.g. on Google Drive in Colab);
 2. ``checkpoints/`` of the repository, next to the ``diffusion_lib/`` package folder (a clone, or
    an editable install ``pip install -e .``);
-3. ``~/.cache/diffusion_lib/checkpoints``.
+3. ``~/.cache/diffusion_lib/checkpoints`` (:func:`cache_dir`).
 
-The first file found wins. A notebook calls :func:`load_or_train`: the shipped model when there is
-one (never in the ``smoke`` profile, whose outputs must not depend on downloaded files), otherwise
-a model trained in the notebook with :func:`notebook_config`'s configuration for the profile. Such
+The first file found wins, and a shipped name's file must have the manifest's sha256 (a damaged
+file is refused; one in the cache is fetched again). When none is found, :func:`fetch_checkpoint`
+downloads the file and its card into the cache from :func:`checkpoints_url` (the repository's
+``checkpoints/`` on GitHub, or ``$DIFFUSION_CHECKPOINTS_URL``), as a regular pip install (Colab)
+has no ``checkpoints/`` folder. A notebook calls :func:`load_or_train`: the shipped model when
+there is one (never in the ``smoke`` profile, whose outputs must not depend on downloaded files),
+otherwise, and after one line saying why when the download failed, a model trained in the notebook
+with :func:`notebook_config`'s configuration for the profile. Such
 a run lives in ``runs/<name>-<profile>-<hash of its config>/`` below the working folder (the smoke
 profile uses a fresh temporary folder), so a second notebook with the same configuration reuses a
 finished run instead of training again, and an interrupted one resumes exactly.
@@ -22,20 +29,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import latest_checkpoint, load_model
+from .. import download
+from ..checkpoint import atomic_write, cache_dir as _cache_dir, file_digest, latest_checkpoint, load_model
 from ..profiles import check_profile, dry_run_cap, dry_run_fields
 from ..training.config import TrainConfig, config_to_dict, validate_config
+from . import repository
 
 CHECKPOINTS_ENV = "DIFFUSION_CHECKPOINTS"
+CHECKPOINTS_URL_ENV = "DIFFUSION_CHECKPOINTS_URL"
+#: The shipped models' manifest, package data (pyproject.toml), so that every install has it.
+MANIFEST = Path(__file__).with_name("shipped_models.json")
 
 #: The shipped models the chapters look for.
 NAMES = ("fashion_ddpm_linear", "fashion_ddpm_cosine", "fashion_vae", "fashion_latent_ddpm", "fashion_cfg",
@@ -49,8 +63,45 @@ def checkpoint_dirs() -> list[Path]:
     if env:
         dirs.append(Path(env).expanduser())
     dirs.append(Path(__file__).resolve().parents[2] / "checkpoints")  # the repository's folder
-    dirs.append(Path.home() / ".cache" / "diffusion_lib" / "checkpoints")
+    dirs.append(cache_dir())
     return dirs
+
+
+def cache_dir() -> Path:
+    """Where :func:`fetch_checkpoint` puts downloaded models: ``~/.cache/diffusion_lib/checkpoints``
+    (``$DIFFUSION_CACHE/checkpoints`` when that is set)."""
+    return _cache_dir("checkpoints")
+
+
+@functools.lru_cache(maxsize=1)
+def manifest() -> dict[str, dict]:
+    """name -> ``{"file", "size", "sha256", "card": {"file", "size", "sha256"}}`` for every shipped
+    model (:data:`MANIFEST`). Each file is fetched from ``checkpoints_url() + file``."""
+    return json.loads(MANIFEST.read_text())
+
+
+def build_manifest(folder: str | Path) -> dict[str, dict]:
+    """The manifest of the models in ``folder``: every ``<name>.pt`` with its card ``<name>.json``."""
+    def entry(path: Path) -> dict:
+        return {"file": path.name, "size": path.stat().st_size, "sha256": file_digest(path)}
+
+    return {path.stem: {**entry(path), "card": entry(path.with_suffix(".json"))}
+            for path in sorted(Path(folder).glob("*.pt")) if path.with_suffix(".json").is_file()}
+
+
+def write_manifest(folder: str | Path, out: str | Path = MANIFEST) -> Path:
+    """Write :func:`build_manifest` of ``folder`` to ``out`` atomically (``scripts/ship_model.py``)."""
+    text = json.dumps(build_manifest(folder), indent=1) + "\n"
+    atomic_write(out, lambda f: f.write(text.encode()))
+    manifest.cache_clear()
+    return Path(out)
+
+
+def checkpoints_url() -> str:
+    """The folder URL the shipped models are fetched from (ending in "/"): ``$DIFFUSION_CHECKPOINTS_URL``,
+    else the raw files of the repository's ``checkpoints/`` (:func:`diffusion_lib.course.repository.raw_url`)."""
+    url = os.environ.get(CHECKPOINTS_URL_ENV, "").strip() or repository.raw_url("checkpoints/")
+    return url if url.endswith("/") else url + "/"
 
 
 def _check_name(name: str) -> str:
@@ -61,13 +112,68 @@ def _check_name(name: str) -> str:
 
 
 def find_checkpoint(name: str) -> Path | None:
-    """The first ``<name>.pt`` in :func:`checkpoint_dirs`, or None when there is none."""
+    """The first ``<name>.pt`` in :func:`checkpoint_dirs`, or None when there is none (nothing is fetched).
+
+    A shipped name's file must have the manifest's sha256. In the cache a file that has not is
+    skipped (a damaged or older download, which :func:`fetch_checkpoint` replaces); elsewhere it is
+    accepted only when its own card records its sha256 (a model shipped after this package's
+    manifest, e.g. one just trained by ``make gpu-checkpoints``), else
+    :class:`~diffusion_lib.download.ChecksumError` names the file and both hashes.
+    """
     _check_name(name)
+    shipped = manifest().get(name)
     for folder in checkpoint_dirs():
         path = folder / f"{name}.pt"
-        if path.is_file():
-            return path
+        if not path.is_file():
+            continue
+        if shipped is not None and (actual := download.sha256_of(path)) != shipped["sha256"]:
+            if folder == cache_dir():
+                continue
+            if (read_card(path) or {}).get("sha256") != actual:
+                raise download.ChecksumError(
+                    f"{path} has sha256 {actual}, but the shipped model {name} has {shipped['sha256']} (and no "
+                    f"model card beside it records {actual[:12]}...): a damaged copy (delete it, and the shipped "
+                    f"model is fetched) or another model saved under that name (rename it)")
+        return path
     return None
+
+
+def fetch_checkpoint(name: str, *, progress: bool = True) -> Path:
+    """Download the shipped model ``name`` and its card into :func:`cache_dir` from
+    :func:`checkpoints_url`, each checked against the manifest's sha256; return the model's path.
+
+    Raises :class:`~diffusion_lib.download.DownloadError` (no network, timeout, HTTP error) or
+    :class:`~diffusion_lib.download.ChecksumError` (a wrong file, not kept).
+    """
+    _check_name(name)
+    if name not in manifest():
+        raise ValueError(f"name must be a shipped model ({', '.join(manifest())}) to be fetched; got {name!r}")
+
+    def fetch(item: dict) -> Path:
+        return download.fetch(checkpoints_url() + item["file"], cache_dir() / item["file"], sha256=item["sha256"],
+                              size=item["size"], progress=progress)
+
+    path = fetch(manifest()[name])
+    try:
+        fetch(manifest()[name]["card"])
+    except BaseException:
+        path.unlink(missing_ok=True)  # the cache never holds a model without its card
+        raise
+    return path
+
+
+def shipped_checkpoint(name: str) -> Path | None:
+    """The file of the shipped model ``name``: :func:`find_checkpoint`'s, else fetched. None when it
+    cannot be had; after a failed download, one line on stderr says why."""
+    path = find_checkpoint(name)
+    if path is not None or name not in manifest():
+        return path
+    try:
+        return fetch_checkpoint(name)
+    except (download.DownloadError, download.ChecksumError) as e:
+        print(f"The shipped model {name} could not be fetched ({e}); using a model trained here instead.",
+              file=sys.stderr)
+        return None
 
 
 def read_card(checkpoint: str | Path) -> dict | None:
@@ -78,15 +184,19 @@ def read_card(checkpoint: str | Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def load_pretrained(name: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, dict]:
+def load_pretrained(name: str, device: str | torch.device = "cpu", *, progress: bool = True
+                    ) -> tuple[torch.nn.Module, Any, dict]:
     """Load the shipped diffusion model ``name``: ``(model, schedule, info)``, the model in float32
     eval mode on ``device``.
 
     ``info`` is :func:`~diffusion_lib.checkpoint.load_model`'s, plus ``card`` (the model card, or
-    None), ``name`` and ``source`` ("shipped"). Raises ``FileNotFoundError`` listing the folders
-    searched when no checkpoint of that name exists.
+    None), ``name`` and ``source`` ("shipped"). A shipped name not found locally is fetched
+    (:func:`fetch_checkpoint`, with a progress bar unless ``progress`` is False; its errors pass
+    through). Another name not found raises ``FileNotFoundError`` listing the folders searched.
     """
     path = find_checkpoint(name)
+    if path is None and name in manifest():
+        path = fetch_checkpoint(name, progress=progress)
     if path is None:
         searched = ", ".join(str(d) for d in checkpoint_dirs())
         raise FileNotFoundError(f"no checkpoint {name}.pt in {searched}; set ${CHECKPOINTS_ENV} to the "
@@ -211,10 +321,11 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
 
 def load_or_train(name: str, config: TrainConfig, *, profile: str, device: str | torch.device | None = None,
                   output_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, Any, dict]:
-    """The shipped model ``name`` when :func:`find_checkpoint` finds it and ``profile`` is not
-    "smoke" (nor a dry run of the gpu profile, which checks the gpu training branch); otherwise
-    :func:`train_here` with ``config``. ``info["source"]`` says which."""
-    if check_profile(profile) != "smoke" and dry_run_cap(profile) is None and find_checkpoint(name) is not None:
+    """The shipped model ``name`` when ``profile`` is not "smoke" (nor a dry run of the gpu profile,
+    which checks the gpu training branch) and :func:`shipped_checkpoint` finds or fetches it;
+    otherwise :func:`train_here` with ``config``. ``info["source"]`` says which."""
+    if (check_profile(profile) != "smoke" and dry_run_cap(profile) is None
+            and shipped_checkpoint(name) is not None):
         return load_pretrained(name, device=device or "cpu")
     return train_here(name, config, profile=profile, device=device, output_dir=output_dir, progress=progress)
 

@@ -1,8 +1,8 @@
 """The VAE, latent and guided models and the classifier of chapters 7–8: shipped, or trained here.
 
 Like :func:`diffusion_lib.course.pretrained.load_or_train` for the pixel models: a chapter takes the shipped
-model (``checkpoints/<name>.pt``, see :mod:`diffusion_lib.course.pretrained`) when there is one and the
-profile is not ``smoke``, and otherwise trains the configuration below for its profile, in
+model (``checkpoints/<name>.pt``, or fetched: see :mod:`diffusion_lib.course.pretrained`) when there is
+one and the profile is ``cpu``, and otherwise trains the configuration below for its profile, in
 ``runs/<name>-<profile>-<hash>/`` (reused and resumed like any run). Every configuration goes
 through ``python -m diffusion_lib train``'s code path, so what a notebook trains is what the command
 line trains.
@@ -23,7 +23,7 @@ from ..data import DatasetNotFoundError, dataset_info, load_dataset
 from ..profiles import check_profile, dry_run_fields
 from ..training import TrainConfig, train
 from ..training.config import validate_config
-from .pretrained import find_checkpoint, load_pretrained, run_dir
+from .pretrained import find_checkpoint, load_pretrained, run_dir, shipped_checkpoint
 
 _COMMON = dict(seed=0, sample_every=0, tensorboard=False, weight_decay=0.0, grad_clip=None)
 _SMOKE_DATA = dict(dataset="shapes", dataset_kwargs={"num_samples": 256}, image_size=16, device="cpu",
@@ -121,8 +121,7 @@ def _run(name: str, config: TrainConfig, profile: str, output_dir, dataset=None)
 
 def load_or_train_vae(profile: str, config: TrainConfig | None = None, *, device="cpu", output_dir=None):
     """(VAE, path of its file, source) — the shipped ``fashion_vae`` (cpu profile) or one trained here."""
-    shipped = find_checkpoint("fashion_vae")
-    if check_profile(profile) == "cpu" and shipped is not None:
+    if check_profile(profile) == "cpu" and (shipped := shipped_checkpoint("fashion_vae")) is not None:
         return load_vae(shipped, device=device), shipped, "shipped"
     summary = _run("fashion_vae", config or vae_config(profile), profile, output_dir)
     path = Path(summary["output_dir"]) / "vae.pt"
@@ -152,8 +151,7 @@ def load_or_train_vae_for(profile: str, dataset: str, *, device="cpu", output_di
 
 def load_or_train_classifier(profile: str, config: TrainConfig | None = None, *, device="cpu", output_dir=None):
     """(Classifier, test accuracy, source) — the shipped ``fashion_classifier`` (cpu profile) or one trained here."""
-    shipped = find_checkpoint("fashion_classifier")
-    if check_profile(profile) == "cpu" and shipped is not None:
+    if check_profile(profile) == "cpu" and (shipped := shipped_checkpoint("fashion_classifier")) is not None:
         return load_classifier(shipped, device=device), load_checkpoint(shipped).get("test_accuracy"), "shipped"
     summary = _run("fashion_classifier", config or classifier_config(profile), profile, output_dir)
     path = Path(summary["output_dir"]) / "classifier.pt"
@@ -166,7 +164,7 @@ def load_or_train_latent(name: str, profile: str, config: TrainConfig, *, datase
     or ``config`` trained here, on ``dataset`` (e.g. latents of Stable Diffusion's VAE) when given, else
     on the latents of ``config.vae``. Returns ``(model, schedule, info)`` as ``load_model`` does, with
     ``source``, ``name`` and ``train`` (the training summary) in ``info``."""
-    if check_profile(profile) == "cpu" and find_checkpoint(name) is not None:
+    if check_profile(profile) == "cpu" and shipped_checkpoint(name) is not None:
         return load_pretrained(name, device=device)
     summary = _run(name, config, profile, output_dir, dataset)
     model, schedule, info = load_model(summary["checkpoint"], device=device)
