@@ -49,7 +49,7 @@ def execute(notebook: Path, tmp_path: Path, monkeypatch, data_home: Path):
     work.mkdir()
     (tmp_path / "benchmarks").symlink_to(REPO / "benchmarks")
     env = {"DIFFUSION_PROFILE": "gpu", "DIFFUSION_DRY_RUN": DRY_RUN, "DIFFUSION_DATA": str(data_home),
-           "DIFFUSION_OFFLINE": "1", "DIFFUSION_CACHE": str(tmp_path / "cache"),
+           "DIFFUSION_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "DIFFUSION_CACHE": str(tmp_path / "cache"),
            "DIFFUSION_DEVICE": os.environ.get("DIFFUSION_DEVICE") or "cpu",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYTHONHASHSEED": "0",
            # one thread: on a busy 2-core machine two threads made the training steps up to ten times slower

@@ -163,7 +163,7 @@ def test_imagenet100_vae_falls_back_to_the_course_vae(monkeypatch, capsys, tmp_p
                         lambda profile, config, **kw: ("vae", config.dataset, config.image_size))
     assert course_models.load_or_train_vae_for("gpu", "imagenet100") == ("vae", "imagenet100", 128)
     line = capsys.readouterr().out
-    assert line.count("\n") == 1 and "Stable Diffusion's VAE is not available (cannot reach huggingface.co)" in line
+    assert line.count("\n") == 1 and "could not be loaded (cannot reach huggingface.co)" in line
 
 
 def test_missing_gpu_data_names_the_folder_and_layout(tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def load_or_train_vae_for(profile: str, dataset: str, *, device="cpu", output_di
     one line says why and the course's own VAE is trained here instead, as for every other data set
     (:func:`load_or_train_vae` with :func:`vae_config`).
     """
-    from ..models.sd_vae import load_sd_vae
+    from ..models.sd_vae import SD_VAE_NAME, load_sd_vae
 
     if dataset == "imagenet100":
         try:
@@ -144,8 +144,8 @@ def load_or_train_vae_for(profile: str, dataset: str, *, device="cpu", output_di
             return vae, None, "Stable Diffusion (diffusers)"
         except (ImportError, OSError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"Stable Diffusion's VAE is not available ({reason}); training the course's own VAE on "
-                  f"{dataset} instead.")
+            print(f"Stable Diffusion's VAE ({SD_VAE_NAME}, Hugging Face Hub) could not be loaded ({reason}); "
+                  f"training the course's own VAE on {dataset} instead.")
     return load_or_train_vae(profile, vae_config(profile, dataset), device=device, output_dir=output_dir)
 
 
