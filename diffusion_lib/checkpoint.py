@@ -104,6 +104,27 @@ def cache_dir(kind: str) -> Path:
     return Path(root) / kind if root else Path.home() / ".cache" / "diffusion_lib" / kind
 
 
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> Path:
+    """Check, before any work, that ``path`` (a file, or a folder with ``folder``) can be written: its
+    nearest existing folder takes a new file. ``what`` names the option in the error (e.g. "--out")."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != folder:
+        want, found = ("a folder", "a file") if folder else ("a file", "a folder")
+        raise ValueError(f"{what} {str(path)!r} must be {want}, but it is {found}")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{what} {str(path)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise PermissionError(f"{what} {str(path)!r} cannot be written: folder {str(parent)!r} takes no new file "
+                              f"({e.strerror or e})") from None
+    return path
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, os.replace)."""
     state = {"format": FORMAT, "version": VERSION, **state}

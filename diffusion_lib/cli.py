@@ -88,7 +88,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoint import check_writable, load_model
     from .device import pick_device
     from .latent import decode_latents
     from .pipelines.generate import generate
@@ -105,6 +105,9 @@ def _sample(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
+        raise ValueError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    check_writable(args.out, "--out")
     device = pick_device(args.device)
     model, schedule, info = load_model(args.checkpoint, ema=not args.no_ema, device=device)
     num_classes = info["num_classes"]
@@ -160,15 +163,45 @@ def main(argv: list[str] | None = None) -> int:
     if command in PROVIDERS and command not in SUBCOMMANDS:
         _load_provider(command)
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
     from .training.trainer import NonFiniteLossError
 
     try:
         return SUBCOMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:
-        # Bad input: one clear line, no traceback (the message names the key, file or option).
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _print_error(args.command, e)
         return 1
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: its traceback is what a report needs
+        _print_error(args.command, e)
+        return 2
+
+
+# Files the user named that are missing, unwritable or of the wrong kind; the message names them.
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is bad input (printed as one line, exit 2) rather than a bug (traceback).
+
+    Bad input is a file error, a checkpoint that cannot be used, or a ValueError/TypeError raised by
+    this library's own checks, which name the argument, the bad value and what is allowed. The same
+    classes raised inside torch or another library are not checks of ours: they keep their traceback.
+    """
+    from .checkpoint import CheckpointError
+
+    if isinstance(e, (*_FILE_ERRORS, CheckpointError)):
+        return True
+    if not isinstance(e, (ValueError, TypeError)):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE + os.sep)
+
+
+def _print_error(command: str, e: BaseException) -> None:
+    """One line, as argparse reports a bad option: ``diffusion_lib <command>: error: <message>``."""
+    message = " ".join(line.strip() for line in str(e).splitlines())
+    print(f"diffusion_lib {command}: error: {message}", file=sys.stderr)

@@ -20,6 +20,8 @@ from .images import to_float
 from .toys import TOY_2D, make_shapes
 
 SPLITS = ("train", "test")
+# load_dataset's options beyond the common ones, per dataset
+DATASET_OPTIONS = {"shapes": ("num_samples", "seed")}
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def load_dataset(name: str, split: str = "train", *, root=None, image_size: int 
         raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-    allowed_kw = {"shapes": {"num_samples", "seed"}}.get(name, set())
+    allowed_kw = set(DATASET_OPTIONS.get(name, ()))
     if set(kw) - allowed_kw:
         raise TypeError(f"load_dataset({name!r}) got unexpected arguments {sorted(set(kw) - allowed_kw)}; "
                         f"it takes root, image_size, hflip, download, limit"

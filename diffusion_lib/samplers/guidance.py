@@ -47,4 +47,5 @@ def classifier_free_guidance(model, guidance_scale: float, null_label: int):
 
     guided.guidance_scale = s
     guided.null_label = null_label
+    guided.model = model  # the network, for the samplers' dtype check
     return guided

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import check_writable
 from ..device import resolve_precision
 from .config import TrainConfig, validate_config
 from .distributed import close_distributed, init_distributed
@@ -32,6 +33,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
     each process trains its share of the global batch.
     """
     config = validate_config(dataclasses.replace(config))
+    check_writable(config.output_dir, "config key 'output_dir'", folder=True)
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
