@@ -185,13 +185,15 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 def is_user_error(e: BaseException) -> bool:
     """Whether ``e`` is bad input (printed as one line, exit 2) rather than a bug (traceback).
 
-    Bad input is a file error, a checkpoint that cannot be used, or a ValueError/TypeError raised by
-    this library's own checks, which name the argument, the bad value and what is allowed. The same
-    classes raised inside torch or another library are not checks of ours: they keep their traceback.
+    Bad input is a file error, a checkpoint that cannot be used, a download that failed (offline, no
+    answer), or a ValueError/TypeError raised by this library's own checks, which name the argument, the
+    bad value and what is allowed. The same classes raised inside torch or another library are not
+    checks of ours: they keep their traceback.
     """
     from .checkpoint import CheckpointError
+    from .download import DownloadError
 
-    if isinstance(e, (*_FILE_ERRORS, CheckpointError)):
+    if isinstance(e, (*_FILE_ERRORS, CheckpointError, DownloadError)):
         return True
     if not isinstance(e, (ValueError, TypeError)):
         return False

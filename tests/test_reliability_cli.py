@@ -191,3 +191,13 @@ def test_internal_errors_keep_their_traceback(monkeypatch):
         monkeypatch.setitem(cli.SUBCOMMANDS, "sample", cli.Subcommand("", lambda p: None, run_function))
         with pytest.raises(error):
             cli.main(["sample"])
+
+
+def test_a_failed_download_is_reported_as_one_line(monkeypatch, capsys):
+    from diffusion_lib.download import DownloadError
+
+    def offline(args):
+        raise DownloadError("https://example.org/weights.pt: not fetched, $DIFFUSION_OFFLINE is set")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "sample", cli.Subcommand("", lambda p: None, offline))
+    user_error(capsys, ["sample"], "weights.pt: not fetched")
