@@ -105,8 +105,6 @@ def _sample(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
-        raise ValueError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
     check_writable(args.out, "--out")
     device = pick_device(args.device)
     model, schedule, info = load_model(args.checkpoint, ema=not args.no_ema, device=device)

@@ -149,10 +149,12 @@ def test_an_unwritable_output_fails_before_compute(run, tmp_path, capsys, no_com
     (["--n-reference", "100000"], ["between 2 and the 64 images", "100000"]),
     (["--n-reference", "1"], ["n_reference must be >= 2", "1"]),
     (["--dataset", "fashion_mnist"], ["'fashion_mnist' has 1-channel images", "'shapes' (3 channels)"]),
+    (["--guidance-scale", "inf"], ["guidance_scale must be a finite number >= 0", "inf"]),
 ])
 def test_evaluate_checks_the_reference_before_sampling(run, tmp_path, capsys, no_compute, extra, expected):
     user_error(capsys, [*eval_args(run, tmp_path), *extra], *expected)
     assert not (tmp_path / "eval.json").exists()
+    assert not list((tmp_path / "cache").glob("*.npz"))  # no reference statistics were computed either
 
 
 def test_evaluate_against_another_dataset_gets_only_the_image_size(run, tmp_path, capsys, no_compute, monkeypatch):

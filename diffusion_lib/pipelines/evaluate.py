@@ -21,7 +21,7 @@ from ..latent import decode_latents
 from ..metrics.cache import reference_features, reference_stats
 from ..metrics.features import extract_features, get_extractor
 from ..metrics.fid import fid_from_features, fid_from_stats, kid_from_features
-from .generate import generate
+from .generate import check_generate_options, generate
 from .machine import machine_info
 
 METRICS = ("fid", "kid")
@@ -87,6 +87,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise ValueError(f"{checkpoint} does not name its dataset: pass dataset=")
+    check_generate_options(info, guidance_scale=guidance_scale, clip_x0=clip_x0)
     n_reference = n if n_reference is None else n_reference
     net = get_extractor(extractor, device)
     ref_kw = dict(extractor=net, cache_dir=cache_dir, batch_size=feature_batch_size, device=device,
