@@ -47,9 +47,23 @@ def _schedule_text(d) -> str:
     return f"{d.get('name')}({params}{', ' if params else ''}T={d.get('num_timesteps')})"
 
 
+def _same_schedule(a, b) -> bool:
+    """Equal names, parameters and T, and betas equal up to float64 rounding (another torch may differ in the
+    last digit of a cosine)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return a == b
+    if {k: v for k, v in a.items() if k != "betas"} != {k: v for k, v in b.items() if k != "betas"}:
+        return False
+    betas_a, betas_b = torch.tensor(a.get("betas", []), dtype=torch.float64), torch.tensor(b.get("betas", []),
+                                                                                          dtype=torch.float64)
+    return betas_a.shape == betas_b.shape and torch.allclose(betas_a, betas_b, rtol=1e-12, atol=0)
+
+
 def _differences(saved, now, prefix: str = "") -> list[str]:
     """``key: now (checkpoint: saved)`` for each entry that differs; a schedule is shown by name and parameters."""
-    if prefix == "schedule." and saved != now:
+    if prefix == "schedule.":
+        if _same_schedule(saved, now):
+            return []
         text, saved_text = _schedule_text(now), _schedule_text(saved)
         return [f"schedule: {text} (checkpoint: {saved_text}{'' if text != saved_text else ', other betas'})"]
     if isinstance(saved, dict) and isinstance(now, dict):
