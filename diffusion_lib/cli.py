@@ -5,20 +5,20 @@
     python -m diffusion_lib sample --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
         --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
 
-Subcommands live in a small registry. A module that adds one (``pipelines.evaluate`` adds
-``evaluate``) defines ``register_cli(register)`` and calls
-``register(name, help, add_arguments, run)``; it is imported only when its subcommand is used.
+Subcommands live in a small registry: ``register(name, help, add_arguments, run)``. ``train`` and
+``sample`` are defined here; ``pipelines.evaluate`` registers ``evaluate`` through its ``register_cli``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .pipelines import evaluate
 
 
 @dataclass
@@ -29,8 +29,6 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
-# Subcommands provided by other modules, imported on use: name -> module with register_cli(register).
-PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.pipelines.evaluate"}
 
 
 def register_subcommand(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
@@ -135,31 +133,21 @@ def _sample(args: argparse.Namespace) -> int:
 
 register_subcommand("train", "train a diffusion model from a YAML config", _train_arguments, _train)
 register_subcommand("sample", "sample an image grid from a checkpoint", _sample_arguments, _sample)
+evaluate.register_cli(register_subcommand)
 
 
 # --------------------------------------------------------------------------------------- dispatch
-def _load_provider(name: str) -> None:
-    """Import the module providing subcommand ``name``, which registers it with ``register_cli(register)``."""
-    importlib.import_module(PROVIDERS[name]).register_cli(register_subcommand)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffusion_lib",
                                      description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in SUBCOMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
-    for name, module_name in PROVIDERS.items():
-        if name not in SUBCOMMANDS:
-            sub.add_parser(name, help=f"(provided by {module_name})", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv else None
-    if command in PROVIDERS and command not in SUBCOMMANDS:
-        _load_provider(command)
     args = build_parser().parse_args(argv)
     from .training.trainer import NonFiniteLossError
 
