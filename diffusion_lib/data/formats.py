@@ -257,14 +257,19 @@ def _check_reachable(url: str, timeout: float) -> None:
         raise OSError(f"cannot reach {parsed.hostname}: {reason}")
 
 
-def _download(name: str, url: str, fetch, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+def _download(name: str, url: str, fetch, timeout: float | None = None) -> None:
+    """Run torchvision's download ``fetch`` of ``url`` with ``timeout`` (default DOWNLOAD_TIMEOUT_S) seconds
+    for the connection and for each read. torchvision gives up at the first timeout (it is not one of the
+    errors on which it tries the next mirror), so a host that never answers fails after about one timeout."""
+    timeout = DOWNLOAD_TIMEOUT_S if timeout is None else timeout
     previous = socket.getdefaulttimeout()
     try:
         _check_reachable(url, min(timeout, 5.0))
         socket.setdefaulttimeout(timeout)
         fetch()
     except Exception as e:  # network errors come in many types (URLError, OSError, RuntimeError)
-        raise DatasetNotFoundError(f"dataset {name!r} is not on disk and the download failed ({e}).\n"
-                                   + _how_to(name)) from e
+        reason = f"no answer within {timeout:g} s" if isinstance(getattr(e, "reason", e), TimeoutError) else e
+        raise DatasetNotFoundError(f"dataset {name!r} is not on disk and the download from {url} failed "
+                                   f"({reason}).\n" + _how_to(name)) from e
     finally:
         socket.setdefaulttimeout(previous)
