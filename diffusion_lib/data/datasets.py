@@ -160,6 +160,8 @@ def load_dataset(name: str, split: str = "train", *, root=None, image_size: int 
     """A dataset of (image float (C, H, W) in [-1, 1], int label).
 
     name: one of DATASETS. split: "train" or "test" ("val" is an alias of "test").
+    root: the folder holding the files; when given, it must exist and is the only place looked in
+        (and downloaded into), so a mistyped path fails instead of finding another copy.
     image_size: None for the dataset's default (dataset_info(name).image_size; 28-pixel MNIST-style
         images are zero-padded to 32, which a UNet can halve three times); other sizes are resized.
     hflip: random horizontal flip per item (torch's global RNG).
