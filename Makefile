@@ -2,7 +2,7 @@
 PYTHON ?= python3
 NB ?= notebooks/[0-9]*.ipynb
 
-.PHONY: install book test notebooks checkpoints gpu-checkpoints assignments colab-check clean
+.PHONY: install book test gpu-dry-run notebooks checkpoints gpu-checkpoints assignments colab-check clean
 
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
@@ -18,6 +18,10 @@ test: install
 	$(PYTHON) -m pytest tests/ || status=1; \
 	$(PYTHON) -m pytest --nbval notebooks/ || status=1; \
 	exit $$status
+
+# Every chapter's gpu-profile branches on the CPU, sizes cut by DIFFUSION_DRY_RUN (part of `make test`).
+gpu-dry-run: install
+	$(PYTHON) -m pytest tests/test_gpu_dry_run.py
 
 # Re-execute notebooks in the cpu profile so the committed files carry real outputs
 # (all of them, or one: `make notebooks NB=notebooks/04_training.ipynb`).

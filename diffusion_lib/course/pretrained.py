@@ -42,7 +42,7 @@ import torch
 
 from .. import download
 from ..checkpoint import atomic_write, cache_dir as _cache_dir, file_digest, latest_checkpoint, load_model
-from ..profiles import check_profile
+from ..profiles import check_profile, dry_run_cap, dry_run_fields
 from ..training.config import TrainConfig, config_to_dict, validate_config
 from . import repository
 
@@ -247,13 +247,14 @@ _NOTEBOOK_CONFIGS: dict[str, dict[str, dict]] = {
 
 def notebook_config(name: str, profile: str, **overrides) -> TrainConfig:
     """The configuration the notebooks train ``name`` with in ``profile`` (fields replaced by
-    ``overrides``); ``output_dir`` is set by :func:`train_here`."""
+    ``overrides``, then cut by a dry run: :func:`~diffusion_lib.profiles.dry_run_fields`); ``output_dir``
+    is set by :func:`train_here`."""
     check_profile(profile)
     if profile not in _NOTEBOOK_CONFIGS.get(name, {}):
         available = [f"{n} ({', '.join(p)})" for n, p in _NOTEBOOK_CONFIGS.items()]
         raise ValueError(f"no notebook configuration for {name!r} in the {profile!r} profile; available: "
                          f"{'; '.join(available)}")
-    fields = {**_NOTEBOOK_CONFIGS[name][profile], **overrides}
+    fields = dry_run_fields(profile, {**_NOTEBOOK_CONFIGS[name][profile], **overrides})
     return validate_config(TrainConfig(**{**fields, "output_dir": fields.get("output_dir", "runs/default")}))
 
 
@@ -320,9 +321,11 @@ def train_here(name: str, config: TrainConfig, *, profile: str, device: str | to
 
 def load_or_train(name: str, config: TrainConfig, *, profile: str, device: str | torch.device | None = None,
                   output_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, Any, dict]:
-    """The shipped model ``name`` when ``profile`` is not "smoke" and :func:`shipped_checkpoint` finds
-    or fetches it; otherwise :func:`train_here` with ``config``. ``info["source"]`` says which."""
-    if check_profile(profile) != "smoke" and shipped_checkpoint(name) is not None:
+    """The shipped model ``name`` when ``profile`` is not "smoke" (nor a dry run of the gpu profile,
+    which checks the gpu training branch) and :func:`shipped_checkpoint` finds or fetches it;
+    otherwise :func:`train_here` with ``config``. ``info["source"]`` says which."""
+    if (check_profile(profile) != "smoke" and dry_run_cap(profile) is None
+            and shipped_checkpoint(name) is not None):
         return load_pretrained(name, device=device or "cpu")
     return train_here(name, config, profile=profile, device=device, output_dir=output_dir, progress=progress)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint, load_classifier, load_model, load_vae
 from ..data import DatasetNotFoundError, dataset_info, load_dataset
-from ..profiles import check_profile
+from ..profiles import check_profile, dry_run_fields
 from ..training import TrainConfig, train
 from ..training.config import validate_config
 from .pretrained import find_checkpoint, load_pretrained, run_dir, shipped_checkpoint
@@ -51,11 +51,14 @@ def vae_config(profile: str, dataset: str | None = None) -> TrainConfig:
         fields = dict(task="vae", dataset="fashion_mnist", model="fashion_f4", vae_beta=1e-3, batch_size=32,
                       lr=1e-3, warmup_steps=50, ema_decay=0.995, max_steps=300, num_threads=1, device="cpu",
                       log_every=10)
-    else:  # CIFAR-10 32x32x3 -> 4x8x8 with a wider fashion_f4; (ImageNet-100 uses Stable Diffusion's VAE)
-        fields = dict(task="vae", dataset=dataset or "cifar10", model="fashion_f4", vae_beta=1e-3,
+    else:  # a wider fashion_f4 at the data set's size: CIFAR-10 32x32x3 -> 4x8x8, ImageNet-100 (where
+        # Stable Diffusion's VAE cannot be had, see load_or_train_vae_for) 128x128x3 -> 4x32x32
+        dataset = dataset or "cifar10"
+        fields = dict(task="vae", dataset=dataset, image_size=dataset_info(dataset).image_size, model="fashion_f4",
+                      vae_beta=1e-3,
                       model_overrides={"in_channels": 3, "base_channels": 64, "num_groups": 16},
                       batch_size=128, lr=1e-3, warmup_steps=100, ema_decay=0.999, max_steps=3000, log_every=50)
-    return validate_config(TrainConfig(**{**_COMMON, **fields}))
+    return validate_config(TrainConfig(**dry_run_fields(profile, {**_COMMON, **fields})))
 
 
 def latent_config(profile: str, vae: str | Path, *, class_conditional: bool = False,
@@ -87,7 +90,7 @@ def latent_config(profile: str, vae: str | Path, *, class_conditional: bool = Fa
         fields = dict(linear, dataset=dataset or "cifar10", model="latent_small", vae=vae, batch_size=256,
                       lr=5e-4, warmup_steps=200, ema_decay=0.999, max_steps=10_000, log_every=100,
                       model_overrides={"channel_mult": [1, 2, 2], **derived})
-    return validate_config(TrainConfig(**{**_COMMON, "grad_clip": 1.0, **fields, **cond}))
+    return validate_config(TrainConfig(**dry_run_fields(profile, {**_COMMON, "grad_clip": 1.0, **fields, **cond})))
 
 
 def classifier_config(profile: str, dataset: str | None = None) -> TrainConfig:
@@ -104,7 +107,7 @@ def classifier_config(profile: str, dataset: str | None = None) -> TrainConfig:
     else:
         fields = dict(task="classifier", model="classifier", dataset=dataset or "cifar10", hflip=True,
                       batch_size=256, lr=2e-3, warmup_steps=100, ema_decay=0.999, max_steps=3000, log_every=50)
-    return validate_config(TrainConfig(**{**_COMMON, "weight_decay": 1e-4, **fields}))
+    return validate_config(TrainConfig(**dry_run_fields(profile, {**_COMMON, "weight_decay": 1e-4, **fields})))
 
 
 def _run(name: str, config: TrainConfig, profile: str, output_dir, dataset=None) -> dict:
@@ -123,6 +126,27 @@ def load_or_train_vae(profile: str, config: TrainConfig | None = None, *, device
     summary = _run("fashion_vae", config or vae_config(profile), profile, output_dir)
     path = Path(summary["output_dir"]) / "vae.pt"
     return load_vae(path, device=device), path, "trained here"
+
+
+def load_or_train_vae_for(profile: str, dataset: str, *, device="cpu", output_dir=None):
+    """(VAE, path of its file or None, source): the VAE of chapters 7–8 for ``dataset``.
+
+    ImageNet-100 (gpu profile) takes Stable Diffusion's VAE (:func:`~diffusion_lib.models.sd_vae.load_sd_vae`,
+    path None). Where that cannot be had (diffusers not installed, or its weights not downloadable),
+    one line says why and the course's own VAE is trained here instead, as for every other data set
+    (:func:`load_or_train_vae` with :func:`vae_config`).
+    """
+    from ..models.sd_vae import SD_VAE_NAME, load_sd_vae
+
+    if dataset == "imagenet100":
+        try:
+            vae = load_sd_vae(image_size=dataset_info(dataset).image_size, device=device)
+            return vae, None, "Stable Diffusion (diffusers)"
+        except (ImportError, OSError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"Stable Diffusion's VAE ({SD_VAE_NAME}, Hugging Face Hub) could not be loaded ({reason}); "
+                  f"training the course's own VAE on {dataset} instead.")
+    return load_or_train_vae(profile, vae_config(profile, dataset), device=device, output_dir=output_dir)
 
 
 def load_or_train_classifier(profile: str, config: TrainConfig | None = None, *, device="cpu", output_dir=None):

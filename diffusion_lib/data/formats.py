@@ -212,8 +212,10 @@ def _how_to(name: str) -> str:
         return ("Get it with one of:\n"
                 f"  - copy the four *-idx?-ubyte.gz MNIST files into {home / 'mnist'} (or set ${DATA_ENV})\n" + online)
     if name == "cifar10":
+        folder = home / "cifar-10-batches-py"
         return ("Get it with one of:\n"
-                f"  - download {CIFAR10_URL} and extract it into {home} (giving cifar-10-batches-py/),\n"
+                f"  - download {CIFAR10_URL} and extract it into {home}, giving {folder / 'data_batch_1'} ... "
+                "data_batch_5 and test_batch (Python pickles),\n"
                 f"    or pass root=<folder holding cifar-10-batches-py> (or set ${DATA_ENV})\n" + online + " (e.g. Colab)")
     return ("ImageNet-100 is never downloaded automatically (ImageNet's licence). Get it e.g. from Kaggle "
             "(dataset 'ambityga/imagenet100') and pass root=<folder with train.X1..X4 and val.X>, or place it in "
