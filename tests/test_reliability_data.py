@@ -221,3 +221,6 @@ def test_sd_vae_download_times_out(tmp_path, monkeypatch):
     message = str(info.value)
     assert f"'stabilityai/sd-vae-ft-mse' could not be fetched from {endpoint} (no answer within 0.5 s)" in message
     assert "hf download stabilityai/sd-vae-ft-mse" in message and "config.json" in message
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no request at all, the same advice
+    with pytest.raises(ConnectionError, match=r"could not be fetched from .* \(\$HF_HUB_OFFLINE is set\)"):
+        load_sd_vae()

@@ -100,18 +100,19 @@ def load_sd_vae(name: str = SD_VAE_NAME, *, image_size: int = 128, device: str |
     from huggingface_hub import constants
 
     timeout = HUB_TIMEOUT_S if timeout is None else timeout
-    if not Path(name).is_dir() and not constants.HF_HUB_OFFLINE:
-        url = f"{constants.ENDPOINT}/{name}/resolve/main/config.json"
-        why = _hub_answers(url, timeout)
-        if why is not None:
-            try:
-                autoencoder = AutoencoderKL.from_pretrained(name, torch_dtype=dtype, local_files_only=True)
-            except OSError as e:
-                raise ConnectionError(
-                    f"Stable Diffusion's VAE {name!r} could not be fetched from {constants.ENDPOINT} ({why}) "
-                    f"and is not in the Hugging Face cache {constants.HF_HUB_CACHE}; to work offline, run "
-                    f"`hf download {name}` on a connected machine and copy that cache, or pass the path of a "
-                    f"folder holding its config.json and diffusion_pytorch_model.safetensors as name") from e
-            return StableDiffusionVAE(autoencoder, image_size).to(device).eval()
-    autoencoder = AutoencoderKL.from_pretrained(name, torch_dtype=dtype)
+    if Path(name).is_dir():
+        autoencoder = AutoencoderKL.from_pretrained(name, torch_dtype=dtype)
+    else:
+        why = "$HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_answers(
+            f"{constants.ENDPOINT}/{name}/resolve/main/config.json", timeout)
+        try:
+            autoencoder = AutoencoderKL.from_pretrained(name, torch_dtype=dtype, local_files_only=why is not None)
+        except OSError as e:
+            if why is None:
+                raise
+            raise ConnectionError(
+                f"Stable Diffusion's VAE {name!r} could not be fetched from {constants.ENDPOINT} ({why}) "
+                f"and is not in the Hugging Face cache {constants.HF_HUB_CACHE}; to work offline, run "
+                f"`hf download {name}` on a connected machine and copy that cache, or pass the path of a "
+                f"folder holding its config.json and diffusion_pytorch_model.safetensors as name") from e
     return StableDiffusionVAE(autoencoder, image_size).to(device).eval()
