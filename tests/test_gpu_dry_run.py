@@ -109,3 +109,4 @@ def test_missing_data_gives_the_loaders_message(data_homes, tmp_path, monkeypatc
     message = str(info.value)
     assert "DatasetNotFoundError" in message and "dataset 'cifar10'" in message
     assert str(empty / "cifar-10-batches-py" / "data_batch_1") in message
+    assert "Traceback" not in message and "OSError" not in message  # the one message, no traceback

@@ -37,6 +37,10 @@ DOWNLOAD_TIMEOUT_S = 20.0
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk and could not (or may not) be downloaded."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython/Jupyter show this instead of a traceback: the reader has data to fetch, not code to debug.
+        return [f"{type(self).__name__}: {self}"]
+
 
 def data_home() -> Path:
     """The user data folder: $DIFFUSION_DATA, else ~/.cache/diffusion_lib/data."""
