@@ -233,10 +233,10 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
 
     ckpt, which = _load_kind(path, ("model_config", "schedule"), "not a diffusion checkpoint", ema)
     model_config = UNetConfig.from_dict(ckpt["model_config"])
-    model = UNet(model_config)
+    schedule = NoiseSchedule.from_dict(ckpt["schedule"])
+    model = UNet(model_config, num_timesteps=schedule.num_timesteps)
     model.load_state_dict(ckpt[which])  # copies into float32 parameters even from fp16 weights
     model.to(device).eval()
-    schedule = NoiseSchedule.from_dict(ckpt["schedule"])
     info = {
         "step": ckpt.get("step"),
         "prediction_type": ckpt.get("prediction_type", "epsilon"),

@@ -138,4 +138,22 @@ class SamplerRun:
         return x.add_(self.noise.normal_(generator=generator), alpha=std)
 
     def result(self, x):
+        """The sampler's return value, refused when it holds NaN or ±inf (one reduction per run)."""
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise FloatingPointError(f"{self.desc}: {int((~finite).sum())} of {x.numel()} sample values are NaN or "
+                                     f"infinite; {self.nonfinite_origin()}. Check the model (e.g. a diverged "
+                                     f"checkpoint) and the initial noise")
         return (x, self.trajectory) if self.trajectory is not None else x
+
+    def nonfinite_origin(self) -> str:
+        """Where non-finite values first appeared: read from the trajectory when one was recorded (no
+        cost while sampling), else how to find out."""
+        if self.trajectory is None or not self.trajectory.x0_pred:
+            return "pass return_trajectory=True to see the step where they first appear"
+        for t, x_t, x0 in zip(self.t_list, self.trajectory.x_t, self.trajectory.x0_pred):
+            if not bool(torch.isfinite(x_t).all()):
+                return f"the state x_t is already non-finite at timestep {t}"
+            if not bool(torch.isfinite(x0).all()):
+                return f"the model's prediction is first non-finite at timestep {t}"
+        return "they appear in the last step"

@@ -238,6 +238,20 @@ def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
     return d
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"config key {key!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1} of {self.name}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
     d: dict = {}
@@ -245,7 +259,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        d = yaml.safe_load(path.read_text()) or {}
+        with open(path, encoding="utf-8") as f:
+            d = yaml.load(f, Loader=_UniqueKeyLoader) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return config_from_dict(apply_overrides(d, overrides))

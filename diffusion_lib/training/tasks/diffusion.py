@@ -179,7 +179,7 @@ def train_diffusion(config: TrainConfig, *, resume: bool | str | Path = False, d
     _check_item_shape(dataset, image_shape, what)
     if model is None:
         torch.manual_seed(config.seed)  # the same initial weights on every process
-        model = UNet(model_config)
+        model = UNet(model_config, num_timesteps=schedule.num_timesteps)
     null_label = model_config.num_classes
     state = {"model_config": model_config.to_dict(), "schedule": schedule.to_dict(),
              "prediction_type": config.prediction_type, "vae": config.vae,
