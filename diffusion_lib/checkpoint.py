@@ -122,6 +122,27 @@ def cache_dir(kind: str) -> Path:
     return Path(root) / kind if root else Path.home() / ".cache" / "diffusion_lib" / kind
 
 
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> Path:
+    """Check, before any work, that ``path`` (a file, or a folder with ``folder``) can be written: its
+    nearest existing folder takes a new file. ``what`` names the option in the error (e.g. "--out")."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != folder:
+        want, found = ("a folder", "a file") if folder else ("a file", "a folder")
+        raise ValueError(f"{what} {str(path)!r} must be {want}, but it is {found}")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{what} {str(path)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise PermissionError(f"{what} {str(path)!r} cannot be written: folder {str(parent)!r} takes no new file "
+                              f"({e.strerror or e})") from None
+    return path
+
+
 _DIGEST_TAG = b"diffusion_lib sha256 "  # the zip comment that carries the file's digest
 _COMMENT_LEN = len(_DIGEST_TAG) + 64
 _END_RECORD = 22  # a zip file's end-of-central-directory record, up to its comment
@@ -394,10 +415,10 @@ def load_model(path: str | Path, ema: bool = True, device: str | torch.device = 
 
     ckpt, which = _load_kind(path, ("model_config", "schedule"), "not a diffusion checkpoint", ema)
     model_config = UNetConfig.from_dict(ckpt["model_config"])
-    model = UNet(model_config)
+    schedule = NoiseSchedule.from_dict(ckpt["schedule"])
+    model = UNet(model_config, num_timesteps=schedule.num_timesteps)
     model.load_state_dict(ckpt[which])  # copies into float32 parameters even from fp16 weights
     model.to(device).eval()
-    schedule = NoiseSchedule.from_dict(ckpt["schedule"])
     info = {
         "step": ckpt.get("step"),
         "prediction_type": ckpt.get("prediction_type", "epsilon"),

@@ -6,20 +6,20 @@
         --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
     python -m diffusion_lib sample --checkpoint fashion_cfg --guidance-scale 3 --class 3   (a shipped model)
 
-Subcommands live in a small registry. A module that adds one (``pipelines.evaluate`` adds
-``evaluate``) defines ``register_cli(register)`` and calls
-``register(name, help, add_arguments, run)``; it is imported only when its subcommand is used.
+Subcommands live in a small registry: ``register(name, help, add_arguments, run)``. ``train`` and
+``sample`` are defined here; ``pipelines.evaluate`` registers ``evaluate`` through its ``register_cli``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .pipelines import evaluate
 
 
 @dataclass
@@ -30,8 +30,6 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
-# Subcommands provided by other modules, imported on use: name -> module with register_cli(register).
-PROVIDERS: dict[str, str] = {"evaluate": "diffusion_lib.pipelines.evaluate"}
 
 
 def register_subcommand(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
@@ -94,7 +92,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import load_model, load_vae
+    from .checkpoint import check_writable, load_model, load_vae
     from .course.pretrained import resolve_checkpoint, resolve_vae
     from .device import pick_device
     from .latent import decode_latents
@@ -112,6 +110,7 @@ def _sample(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_writable(args.out, "--out")
     device = pick_device(args.device)
     model, schedule, info = load_model(resolve_checkpoint(args.checkpoint), ema=not args.no_ema, device=device)
     vae_file = resolve_vae(info, args.vae)  # found and checked before any sampling
@@ -143,41 +142,63 @@ def _sample(args: argparse.Namespace) -> int:
 
 register_subcommand("train", "train a diffusion model from a YAML config", _train_arguments, _train)
 register_subcommand("sample", "sample an image grid from a checkpoint", _sample_arguments, _sample)
+evaluate.register_cli(register_subcommand)
 
 
 # --------------------------------------------------------------------------------------- dispatch
-def _load_provider(name: str) -> None:
-    """Import the module providing subcommand ``name``, which registers it with ``register_cli(register)``."""
-    importlib.import_module(PROVIDERS[name]).register_cli(register_subcommand)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffusion_lib",
                                      description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in SUBCOMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
-    for name, module_name in PROVIDERS.items():
-        if name not in SUBCOMMANDS:
-            sub.add_parser(name, help=f"(provided by {module_name})", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv else None
-    if command in PROVIDERS and command not in SUBCOMMANDS:
-        _load_provider(command)
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
     from .training.trainer import NonFiniteLossError
 
     try:
         return SUBCOMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as e:
-        # Bad input: one clear line, no traceback (the message names the key, file or option).
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _print_error(args.command, e)
         return 1
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: its traceback is what a report needs
+        _print_error(args.command, e)
+        return 2
+
+
+# Files the user named that are missing, unwritable or of the wrong kind; the message names them.
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is bad input (printed as one line, exit 2) rather than a bug (traceback).
+
+    Bad input is a file error, a checkpoint that cannot be used, a download that failed (offline, no
+    answer), or a ValueError/TypeError raised by this library's own checks, which name the argument, the
+    bad value and what is allowed. The same classes raised inside torch or another library are not
+    checks of ours: they keep their traceback.
+    """
+    from .checkpoint import CheckpointError
+    from .download import DownloadError
+
+    if isinstance(e, (*_FILE_ERRORS, CheckpointError, DownloadError)):
+        return True
+    if not isinstance(e, (ValueError, TypeError)):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE + os.sep)
+
+
+def _print_error(command: str, e: BaseException) -> None:
+    """One line, as argparse reports a bad option: ``diffusion_lib <command>: error: <message>``."""
+    message = " ".join(line.strip() for line in str(e).splitlines())
+    print(f"diffusion_lib {command}: error: {message}", file=sys.stderr)

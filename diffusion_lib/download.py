@@ -1,4 +1,5 @@
-"""One file over HTTP(S): a timeout, a progress bar, an atomic write and a sha256 check.
+"""One file over HTTP(S): a timeout, a progress bar, an atomic write and a sha256 check; and the same
+timeout around third-party downloaders (:func:`socket_timeout`).
 
 :func:`fetch` streams ``url`` into a temporary file beside the target (``checkpoint.atomic_write``),
 hashing as it goes, and renames it into place only when the sha256 is the expected one: a broken
@@ -9,9 +10,11 @@ file that has not changed is not hashed again in the same process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +30,21 @@ OFFLINE_ENV = "DIFFUSION_OFFLINE"  # set (to anything) to never download; as in 
 
 _BLOCK = 1 << 16
 _DIGESTS: dict[str, tuple[int, int, str]] = {}  # resolved path -> (size, mtime_ns, sha256)
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds: float | None = None):
+    """Within the block, sockets opened without a timeout of their own (torch.hub's and torchvision's
+    downloads) give up after ``seconds`` (default :data:`TIMEOUT_S`) on a connection or a read.
+
+    The setting is process-wide while the block runs, so it also bounds other threads' new sockets.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(TIMEOUT_S if seconds is None else seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 class DownloadError(OSError):

@@ -87,11 +87,15 @@ class NoiseSchedule:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a 1-D sequence with at least 1 entry, got shape {tuple(betas.shape)}")
-        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
-            raise ValueError("betas must all lie in (0, 1]")
-        if (betas[:-1] == 1).any():
-            raise ValueError("betas may equal 1 only as the last entry (zero terminal SNR); "
-                             "an earlier beta of 1 erases the signal before the last step")
+        bad = (~torch.isfinite(betas) | (betas <= 0) | (betas > 1)).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"betas must all lie in (0, 1], got betas[{i}] = {betas[i].item()!r} "
+                             f"({len(bad)} of {betas.numel()} outside)")
+        ones = (betas[:-1] == 1).nonzero().flatten()
+        if len(ones):
+            raise ValueError(f"betas may equal 1 only as the last entry (zero terminal SNR), got betas[{int(ones[0])}] "
+                             f"= 1.0 of {betas.numel()}: an earlier beta of 1 erases the signal before the last step")
         self.name = name
         self.params = dict(params or {})
         self.num_timesteps = int(betas.numel())

@@ -7,6 +7,7 @@ shapes (:mod:`.toys`), and serves them as (image, label) items: uint8 images hel
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .formats import OFFLINE_ENV, imagenet100_files, load_cifar10, load_idx_dataset
+from .formats import OFFLINE_ENV, check_root, imagenet100_files, load_cifar10, load_idx_dataset
 from .images import to_float
 from .toys import TOY_2D, make_shapes
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "test")
+# load_dataset's options beyond the common ones, per dataset
+DATASET_OPTIONS = {"shapes": ("num_samples", "seed")}
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,13 @@ class ImageTensorDataset(Dataset):
 
 class ImageFolderDataset(Dataset):
     """Image files decoded on access: shorter side resized to `image_size` (bicubic, antialiased),
-    centre-cropped square, as float in [-1, 1]."""
+    centre-cropped square, as float in [-1, 1].
+
+    A file that cannot be decoded (a corrupt JPEG among 130,000) does not end the run: it is logged
+    with the running count, listed in ``skipped``, and the next readable file in the folder order
+    takes its place (with its own label). With DataLoader workers each worker keeps its own list;
+    the log has every file.
+    """
 
     def __init__(self, files: list[Path], labels: list[int], class_names, image_size: int, hflip: bool = False):
         self.files = files
@@ -109,22 +120,37 @@ class ImageFolderDataset(Dataset):
         self.class_names = tuple(class_names)
         self.image_size = image_size
         self.hflip = hflip
+        self.skipped: list[Path] = []
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i):
+    def _decode(self, path: Path) -> torch.Tensor:
         from PIL import Image
         import torchvision.transforms.functional as TF
 
-        with Image.open(self.files[i]) as img:
+        with Image.open(path) as img:
             img = TF.resize(img.convert("RGB"), self.image_size,
                             interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
             img = TF.center_crop(img, self.image_size)
-            x = to_float(TF.pil_to_tensor(img))
+            return to_float(TF.pil_to_tensor(img))
+
+    def __getitem__(self, i):
+        for j in (*range(i, len(self)), *range(i)):
+            try:
+                x = self._decode(self.files[j])
+                break
+            except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for damaged image data
+                if self.files[j] not in self.skipped:
+                    self.skipped.append(self.files[j])
+                    log.warning("skipped unreadable image %s (%s: %s); %d skipped so far",
+                                self.files[j], type(e).__name__, e, len(self.skipped))
+        else:
+            raise ValueError(f"none of the {len(self)} images of this folder could be read "
+                             f"(first: {self.files[0] if self.files else None})")
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
-        return x, int(self.labels[i])
+        return x, int(self.labels[j])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,6 +162,8 @@ def load_dataset(name: str, split: str = "train", *, root=None, image_size: int 
     """A dataset of (image float (C, H, W) in [-1, 1], int label).
 
     name: one of DATASETS. split: "train" or "test" ("val" is an alias of "test").
+    root: the folder holding the files; when given, it must exist and is the only place looked in
+        (and downloaded into), so a mistyped path fails instead of finding another copy.
     image_size: None for the dataset's default (dataset_info(name).image_size; 28-pixel MNIST-style
         images are zero-padded to 32, which a UNet can halve three times); other sizes are resized.
     hflip: random horizontal flip per item (torch's global RNG).
@@ -155,7 +183,7 @@ def load_dataset(name: str, split: str = "train", *, root=None, image_size: int 
         raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-    allowed_kw = {"shapes": {"num_samples", "seed"}}.get(name, set())
+    allowed_kw = set(DATASET_OPTIONS.get(name, ()))
     if set(kw) - allowed_kw:
         raise TypeError(f"load_dataset({name!r}) got unexpected arguments {sorted(set(kw) - allowed_kw)}; "
                         f"it takes root, image_size, hflip, download, limit"
@@ -163,6 +191,8 @@ def load_dataset(name: str, split: str = "train", *, root=None, image_size: int 
     if download is None:
         download = not os.environ.get(OFFLINE_ENV)
     root = Path(root).expanduser() if root is not None else None
+    if name != "shapes":
+        check_root(name, root)
 
     if name == "imagenet100":
         files, labels, class_names = imagenet100_files(root, split)

@@ -1,12 +1,12 @@
 """Datasets on disk, by format: LeCun's IDX files (MNIST, Fashion-MNIST), the CIFAR-10 pickles, an
 ImageNet-100 folder tree, and the downloads with their "how to get it" messages.
 
-Where each dataset is looked for, in order:
-- fashion_mnist / mnist: `root` if given, the system copy (`/usr/share/datasets/fashion-mnist`, from the
+Where each dataset is looked for, in order (a given `root` is the only place looked in, and must exist):
+- fashion_mnist / mnist: `root` if given, else the system copy (`/usr/share/datasets/fashion-mnist`, from the
   Debian package `dataset-fashion-mnist`), the user data folder (`$DIFFUSION_DATA`, default
-  `~/.cache/diffusion_lib/data`), then a torchvision download into the user data folder.
+  `~/.cache/diffusion_lib/data`), then a torchvision download (into `root`, or the user data folder).
   The four original `*-idx?-ubyte(.gz)` files are parsed directly (LeCun's IDX format).
-- cifar10: the `cifar-10-batches-py` pickles under `root` or the user data folder, then torchvision.
+- cifar10: the `cifar-10-batches-py` pickles under `root`, else the user data folder, then torchvision.
 - imagenet100: an ImageFolder tree under `root` or `<user data folder>/imagenet100` (`train/<wnid>/*`,
   `val/<wnid>/*`, or Kaggle's `train.X1..X4` / `val.X` layout); never downloaded.
 Downloads happen only when `download` is not False, with a connection check and a socket timeout,
@@ -22,6 +22,7 @@ import os
 import pickle
 import socket
 import threading
+import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -64,8 +65,11 @@ def read_idx(path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a damaged or cut-off download
+        raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); delete it and get the file again") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
@@ -97,7 +101,8 @@ def load_idx_dataset(name, split, root, download):
     def candidates(base: Path):
         return [base] + [base / f for f in src["folders"]] + [base / src["torchvision"] / "raw"]
 
-    dirs = (candidates(root) if root is not None else []) + [Path(src["system"])] + candidates(data_home())
+    # a given root is the only place looked in: a typo must not fall back to another copy
+    dirs = candidates(root) if root is not None else [Path(src["system"])] + candidates(data_home())
     found = _find_idx(dirs, prefix)
     if found is None and download:
         import torchvision.datasets
@@ -122,8 +127,11 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 def _read_cifar_batch(path: Path):
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); delete it and get the file again") from e
     get = lambda key: entry[key] if key in entry else entry[key.encode()]  # noqa: E731  (str or bytes keys)
     data = np.asarray(get("data"), dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
@@ -134,8 +142,8 @@ def _read_cifar_batch(path: Path):
 def load_cifar10(split, root, download):
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     home = data_home()
-    dirs = ([root, root / "cifar-10-batches-py"] if root is not None else []) + [
-        home / "cifar-10-batches-py", home / "cifar10" / "cifar-10-batches-py"]
+    dirs = ([root, root / "cifar-10-batches-py"] if root is not None else
+            [home / "cifar-10-batches-py", home / "cifar10" / "cifar-10-batches-py"])
     found = next((d for d in dirs if all((d / f).is_file() for f in files)), None)
     if found is None and download:
         import torchvision.datasets
@@ -219,6 +227,14 @@ def _how_to(name: str) -> str:
             "root/train/<class>/*.JPEG, root/val/<class>/*.JPEG works too.")
 
 
+def check_root(name: str, root: Path | None) -> None:
+    """A given root must be an existing folder: nothing is downloaded into, or searched instead of, a typo."""
+    if root is not None and not root.is_dir():
+        raise DatasetNotFoundError(f"dataset {name!r}: root {str(root)!r} is not an existing folder; no other "
+                                   f"place searched and no download tried (create the folder to download into it, "
+                                   f"or leave root unset)\n{_how_to(name)}")
+
+
 def _not_found_message(name, searched, download_allowed):
     where = "\n".join(f"  {p}" for p in searched if p is not None)
     tail = "" if download_allowed or name == "imagenet100" else "\n(download=False or $DIFFUSION_OFFLINE: no download tried)"
@@ -247,14 +263,19 @@ def _check_reachable(url: str, timeout: float) -> None:
         raise OSError(f"cannot reach {parsed.hostname}: {reason}")
 
 
-def _download(name: str, url: str, fetch, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+def _download(name: str, url: str, fetch, timeout: float | None = None) -> None:
+    """Run torchvision's download ``fetch`` of ``url`` with ``timeout`` (default DOWNLOAD_TIMEOUT_S) seconds
+    for the connection and for each read. torchvision gives up at the first timeout (it is not one of the
+    errors on which it tries the next mirror), so a host that never answers fails after about one timeout."""
+    timeout = DOWNLOAD_TIMEOUT_S if timeout is None else timeout
     previous = socket.getdefaulttimeout()
     try:
         _check_reachable(url, min(timeout, 5.0))
         socket.setdefaulttimeout(timeout)
         fetch()
     except Exception as e:  # network errors come in many types (URLError, OSError, RuntimeError)
-        raise DatasetNotFoundError(f"dataset {name!r} is not on disk and the download failed ({e}).\n"
-                                   + _how_to(name)) from e
+        reason = f"no answer within {timeout:g} s" if isinstance(getattr(e, "reason", e), TimeoutError) else e
+        raise DatasetNotFoundError(f"dataset {name!r} is not on disk and the download from {url} failed "
+                                   f"({reason}).\n" + _how_to(name)) from e
     finally:
         socket.setdefaulttimeout(previous)

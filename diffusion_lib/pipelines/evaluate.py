@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model, load_vae
+from ..checkpoint import check_writable, load_model, load_vae
+from ..data.datasets import DATASETS, dataset_info
 from ..device import pick_device
 from ..latent import check_vae_file, decode_latents
 from ..metrics.cache import reference_features, reference_stats
 from ..metrics.features import extract_features, get_extractor
 from ..metrics.fid import fid_from_features, fid_from_stats, kid_from_features
-from .generate import generate
+from .generate import check_generate_options, generate
 from .machine import machine_info
 
 METRICS = ("fid", "kid")
@@ -35,6 +36,24 @@ def dataset_options(config: dict) -> dict:
     return options
 
 
+def reference_options(config: dict, dataset: str, checkpoint) -> dict:
+    """The load_dataset options of the reference ``dataset``: the training data's own for the checkpoint's
+    dataset; for another dataset only the image size, after checking it has the model's channels."""
+    trained_on = config.get("dataset")
+    if dataset == trained_on:
+        return dataset_options(config)
+    info = dataset_info(dataset)
+    if trained_on in DATASETS:
+        trained = dataset_info(trained_on)
+        if info.channels != trained.channels:
+            raise ValueError(f"dataset {dataset!r} has {info.channels}-channel images but {checkpoint} was trained "
+                             f"on {trained_on!r} ({trained.channels} channels): its samples cannot be compared "
+                             f"with {dataset!r}; pass a dataset with {trained.channels}-channel images, or none "
+                             f"(the checkpoint's own, {trained_on!r})")
+        return {"image_size": config.get("image_size") or trained.image_size}
+    return {"image_size": config["image_size"]} if config.get("image_size") else {}
+
+
 def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int | None = 50, n: int = 10_000,
                    metrics: tuple[str, ...] = ("fid",), dataset: str | None = None, split: str = "train",
                    n_reference: int | None = None, extractor: str = "auto", batch_size: int = 256,
@@ -46,8 +65,10 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     of the training dataset (or ``dataset``); returns the results and writes them as JSON to ``out``.
 
     Latent-diffusion samples are decoded by the checkpoint's VAE first: ``vae``, else the file recorded at
-    training time, either checked against the sha256 the checkpoint records before any sampling. The
-    reference statistics are cached.
+    training time, either checked against the sha256 the checkpoint records. The reference statistics are
+    cached. Everything that can fail on bad input (the output path, the device, the checkpoint, its VAE, the
+    reference dataset, its split and size) is checked, and the reference prepared, before the first sample
+    is drawn.
     """
     unknown = set(metrics) - set(METRICS)
     if not metrics or unknown:
@@ -58,6 +79,10 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
         raise ValueError(f"steps must be >= 1 for sampler {sampler!r}, got {steps!r}")
     if n < 2 or batch_size < 1:
         raise ValueError(f"n must be >= 2 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    if n_reference is not None and n_reference < 2:
+        raise ValueError(f"n_reference must be >= 2 (or None: n), got {n_reference}")
+    if out is not None:
+        check_writable(out, "out")
     device = pick_device(device)
     model, schedule, info = load_model(checkpoint, ema=ema, device=device)
     decoder = None
@@ -70,8 +95,16 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise ValueError(f"{checkpoint} does not name its dataset: pass dataset=")
+    check_generate_options(info, guidance_scale=guidance_scale, clip_x0=clip_x0)
     n_reference = n if n_reference is None else n_reference
     net = get_extractor(extractor, device)
+    ref_kw = dict(extractor=net, cache_dir=cache_dir, batch_size=feature_batch_size, device=device,
+                  progress=progress, **reference_options(config, dataset, checkpoint))
+    # The reference first: a bad split, size or missing dataset fails before any sampling.
+    if "kid" in metrics:  # KID needs the reference features, which then serve FID too
+        ref = reference_features(dataset, split, n_reference, **ref_kw)
+    else:
+        ref = reference_stats(dataset, split, n_reference, **ref_kw)
 
     start = time.perf_counter()
     images = generate(model, schedule, info, sampler=sampler, steps=steps, n=n, batch_size=batch_size, seed=seed,
@@ -83,8 +116,6 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     features = extract_features(images, net, batch_size=feature_batch_size, progress=progress)
     feature_seconds = time.perf_counter() - start
 
-    ref_kw = dict(extractor=net, cache_dir=cache_dir, batch_size=feature_batch_size, device=device,
-                  progress=progress, **dataset_options(config))
     result = {
         "checkpoint": str(checkpoint), "step": info.get("step"), "weights": info.get("weights"),
         "sampler": sampler, "steps": steps, "eta": eta if sampler == "ddim" else None,
@@ -96,13 +127,12 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if "kid" in metrics:  # KID needs the reference features, which then serve FID too
-            ref = reference_features(dataset, split, n_reference, **ref_kw)
+        if "kid" in metrics:
             kid = kid_from_features(features, ref)
             result.update(kid=kid.kid, kid_std=kid.kid_std, kid_subset_size=kid.subset_size)
             fid = fid_from_features(features, ref) if "fid" in metrics else None
         else:
-            fid = fid_from_stats(features.stats(), reference_stats(dataset, split, n_reference, **ref_kw))
+            fid = fid_from_stats(features.stats(), ref)
         if fid is not None:
             result.update(fid=fid.fid, fid_method=fid.method, frechet_seconds=fid.seconds)
     result["warnings"] = [str(w.message) for w in caught]
@@ -154,6 +184,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     steps = None if args.sampler == "ddpm" else args.steps
     out = args.out or Path(args.checkpoint).with_name(
         f"eval_{args.sampler}{steps or ''}_n{args.n}_{Path(args.checkpoint).stem}.json")
+    check_writable(out, "--out")
     result = run_evaluation(checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
                             dataset=args.dataset, split=args.split, n_reference=args.n_reference,
                             extractor=args.extractor, batch_size=args.batch_size,

@@ -6,6 +6,7 @@ Every place that draws many samples goes through :func:`sample_in_batches`: the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -44,6 +45,19 @@ def sample_in_batches(model, schedule, sampler: str, *, shape: Sequence[int], n:
     return torch.cat(out)
 
 
+def check_generate_options(info: dict, *, guidance_scale: float, clip_x0: bool) -> None:
+    """The options of :func:`generate` that depend on the checkpoint (``info`` of ``load_model``), checked
+    without sampling, so that callers with other work to do first (``evaluate``) can fail early."""
+    if clip_x0 and info.get("vae"):
+        raise ValueError("clip_x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
+                         "which are not bounded: sample it with clip_x0=False")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+            or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    if info["num_classes"] is None and guidance_scale != 1.0:
+        raise ValueError("guidance_scale needs a class-conditional model; this checkpoint is unconditional")
+
+
 def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n: int, batch_size: int,
              seed: int, guidance_scale: float, eta: float, device, progress: bool,
              clip_x0: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,12 +65,8 @@ def generate(model, schedule, info: dict, *, sampler: str, steps: int | None, n:
     latents as sampled (they are not bounded; clamping them would distort every decoded image).
     Conditional models get ``labels`` (n,), by default the classes in turn. ``clip_x0``: clamp each step's x̂0 to [-1, 1] as Ho et
     al.'s sampler does (pixel models only)."""
-    if clip_x0 and info.get("vae"):
-        raise ValueError("clip_x0 clamps x0 to the pixel range [-1, 1]; this checkpoint samples VAE latents, "
-                         "which are not bounded: sample it with clip_x0=False")
+    check_generate_options(info, guidance_scale=guidance_scale, clip_x0=clip_x0)
     num_classes = info["num_classes"]
-    if num_classes is None and guidance_scale != 1.0:
-        raise ValueError("guidance_scale needs a class-conditional model; this checkpoint is unconditional")
     net = model if guidance_scale == 1.0 else classifier_free_guidance(model, guidance_scale, info["null_label"])
     if labels is None and num_classes is not None:
         labels = torch.arange(n) % num_classes

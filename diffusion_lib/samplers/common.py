@@ -68,6 +68,23 @@ def to_x0_eps(x, pred, a: float, b: float, prediction_type: str, clip_x0: bool, 
     return x0, eps
 
 
+def check_model_dtype(model, x: torch.Tensor) -> None:
+    """Refuse starting noise whose dtype or device differs from the network's weights, which would
+    otherwise fail deep inside its first layer. A guided model is checked through the network it wraps."""
+    net = getattr(model, "model", model)
+    if not isinstance(net, torch.nn.Module):
+        return
+    weight = next((p for p in net.parameters() if p.is_floating_point()), None)
+    if weight is None:
+        return
+    if x.dtype != weight.dtype:
+        raise TypeError(f"the starting tensor (x_T; x0 for ddim_invert) has dtype {x.dtype} but the model's weights "
+                        f"are {weight.dtype}: pass it as .to({weight.dtype}) (or dtype={weight.dtype})")
+    if x.device != weight.device:
+        raise ValueError(f"the starting tensor (x_T; x0 for ddim_invert) is on {x.device} but the model's weights "
+                         f"are on {weight.device}: pass it as .to({str(weight.device)!r}) (or device={str(weight.device)!r})")
+
+
 class SamplerRun:
     """The loop scaffold: cached timestep tensors, model call with shape check, trajectory, progress."""
 
@@ -76,6 +93,7 @@ class SamplerRun:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x_t, t, y=None), got {type(model).__name__}")
         check_schedule(schedule).check_prediction_type(prediction_type)
+        check_model_dtype(model, x)
         if y is not None and (not isinstance(y, torch.Tensor) or y.shape[:1] != x.shape[:1]):
             raise ValueError(f"y must be a tensor with one label per sample (batch {x.shape[0]}), "
                              f"got {getattr(y, 'shape', type(y).__name__)}")
@@ -120,4 +138,22 @@ class SamplerRun:
         return x.add_(self.noise.normal_(generator=generator), alpha=std)
 
     def result(self, x):
+        """The sampler's return value, refused when it holds NaN or ±inf (one reduction per run)."""
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise FloatingPointError(f"{self.desc}: {int((~finite).sum())} of {x.numel()} sample values are NaN or "
+                                     f"infinite; {self.nonfinite_origin()}. Check the model (e.g. a diverged "
+                                     f"checkpoint) and the initial noise")
         return (x, self.trajectory) if self.trajectory is not None else x
+
+    def nonfinite_origin(self) -> str:
+        """Where non-finite values first appeared: read from the trajectory when one was recorded (no
+        cost while sampling), else how to find out."""
+        if self.trajectory is None or not self.trajectory.x0_pred:
+            return "pass return_trajectory=True to see the step where they first appear"
+        for t, x_t, x0 in zip(self.t_list, self.trajectory.x_t, self.trajectory.x0_pred):
+            if not bool(torch.isfinite(x_t).all()):
+                return f"the state x_t is already non-finite at timestep {t}"
+            if not bool(torch.isfinite(x0).all()):
+                return f"the model's prediction is first non-finite at timestep {t}"
+        return "they appear in the last step"

@@ -21,7 +21,8 @@ def classifier_free_guidance(model, guidance_scale: float, null_label: int):
         model: callable model(x_t, t, y) trained with label dropout to `null_label`.
         guidance_scale: s >= 0.
         null_label: the label index the model was trained with for "no condition"
-            (UNet: model.null_label == num_classes).
+            (UNet: model.null_label == num_classes). When the model has a ``null_label`` attribute,
+            any other value is refused: a real class would silently stand in for "no condition".
     Returns:
         guided(x_t, t, y) with the same output shape as model.
     """
@@ -32,6 +33,13 @@ def classifier_free_guidance(model, guidance_scale: float, null_label: int):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     if isinstance(null_label, bool) or not isinstance(null_label, int) or null_label < 0:
         raise ValueError(f"null_label must be an int >= 0 (the model's unconditional label), got {null_label!r}")
+    if hasattr(model, "null_label") and null_label != model.null_label:  # a UNet knows its null label
+        if model.null_label is None:
+            raise ValueError("classifier_free_guidance needs a class-conditional model; this one is unconditional "
+                             "(null_label None)")
+        raise ValueError(f"null_label={null_label} is not this model's unconditional label: labels 0.."
+                         f"{model.null_label - 1} are real classes and its null label is {model.null_label} "
+                         f"(model.null_label)")
     s = float(guidance_scale)
 
     def guided(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,4 +55,5 @@ def classifier_free_guidance(model, guidance_scale: float, null_label: int):
 
     guided.guidance_scale = s
     guided.null_label = null_label
+    guided.model = model  # the network, for the samplers' dtype check
     return guided

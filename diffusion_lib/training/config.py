@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from ..data.datasets import DATASET_OPTIONS, DATASETS
 from ..schedules import PREDICTION_TYPES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = ("diffusion", "vae", "classifier")
+# The largest learning rate the float32 weights can take: AdamW's step lr·m/√v must stay finite.
+MAX_LR = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -159,7 +163,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check(c.max_minutes is None or (math.isfinite(c.max_minutes) and c.max_minutes > 0), "max_minutes",
            "null or a finite number > 0", c.max_minutes)
     _check(c.num_threads is None or c.num_threads >= 1, "num_threads", "null or an integer >= 1", c.num_threads)
-    _check(math.isfinite(c.lr) and c.lr > 0, "lr", "a finite number > 0", c.lr)
+    _check(0 < c.lr <= MAX_LR, "lr", f"a number in (0, {MAX_LR:.3g}] (finite in float32, the weights' dtype)",
+           c.lr)
     _check(math.isfinite(c.weight_decay) and c.weight_decay >= 0, "weight_decay", "a finite number >= 0",
            c.weight_decay)
     _check(len(c.adam_betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in c.adam_betas),
@@ -183,7 +188,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check(math.isfinite(c.vae_beta) and c.vae_beta >= 0, "vae_beta", "a finite number >= 0", c.vae_beta)
     _check(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
            "'auto', 'cpu' or 'cuda[:index]'", c.device)
-    _check(c.sample_guidance_scale >= 0, "sample_guidance_scale", "a number >= 0", c.sample_guidance_scale)
+    _check(math.isfinite(c.sample_guidance_scale) and c.sample_guidance_scale >= 0, "sample_guidance_scale",
+           "a finite number >= 0", c.sample_guidance_scale)
+    if c.dataset in DATASETS:  # other names fail when the task looks the dataset up
+        allowed = ("download", "limit", *DATASET_OPTIONS.get(c.dataset, ()))
+        unknown = sorted(set(c.dataset_kwargs) - set(allowed))
+        _check(not unknown, "dataset_kwargs", f"a mapping of the options dataset {c.dataset!r} takes "
+               f"({', '.join(allowed)}); {', '.join(unknown)} is not one of them", c.dataset_kwargs)
     _check(bool(c.output_dir), "output_dir", "a non-empty path", c.output_dir)
     return c
 
@@ -227,6 +238,20 @@ def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
     return d
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"config key {key!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1} of {self.name}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
     d: dict = {}
@@ -234,7 +259,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        d = yaml.safe_load(path.read_text()) or {}
+        with open(path, encoding="utf-8") as f:
+            d = yaml.load(f, Loader=_UniqueKeyLoader) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return config_from_dict(apply_overrides(d, overrides))

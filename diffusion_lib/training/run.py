@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import run_lock
+from ..checkpoint import check_writable, run_lock
 from ..device import resolve_precision
 from .config import TrainConfig, validate_config
 from .distributed import close_distributed, init_distributed
@@ -35,6 +35,7 @@ def train(config: TrainConfig, *, resume: bool | str | Path = False, dataset=Non
     (:func:`~diffusion_lib.checkpoint.run_lock`): a second run on that folder fails at once.
     """
     config = validate_config(dataclasses.replace(config))
+    check_writable(config.output_dir, "config key 'output_dir'", folder=True)
     threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)

@@ -39,6 +39,43 @@ _BOOKKEEPING_KEYS = ("max_steps", "max_minutes", "output_dir", "progress", "chec
 #: can reach 1e38).
 MAX_ABS_WEIGHT = 1e4
 
+# What a checkpoint's weights are and how they were trained: a resumed run must agree on each.
+_MODEL_KEYS = ("model_config", "vae_config", "classifier_config", "schedule", "prediction_type")
+# What a checkpoint needs to continue training (exported vae.pt / classifier.pt files lack the optimiser).
+_TRAINING_KEYS = ("step", "model", "ema", "ema_num_averaged", "optimizer", "scaler", "rng")
+
+
+def _schedule_text(d) -> str:
+    if not isinstance(d, dict):
+        return repr(d)
+    params = ", ".join(f"{k}={v}" for k, v in (d.get("params") or {}).items() if v is not None)
+    return f"{d.get('name')}({params}{', ' if params else ''}T={d.get('num_timesteps')})"
+
+
+def _same_schedule(a, b) -> bool:
+    """Equal names, parameters and T, and betas equal up to float64 rounding (another torch may differ in the
+    last digit of a cosine)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return a == b
+    if {k: v for k, v in a.items() if k != "betas"} != {k: v for k, v in b.items() if k != "betas"}:
+        return False
+    betas_a, betas_b = torch.tensor(a.get("betas", []), dtype=torch.float64), torch.tensor(b.get("betas", []),
+                                                                                          dtype=torch.float64)
+    return betas_a.shape == betas_b.shape and torch.allclose(betas_a, betas_b, rtol=1e-12, atol=0)
+
+
+def _differences(saved, now, prefix: str = "") -> list[str]:
+    """``key: now (checkpoint: saved)`` for each entry that differs; a schedule is shown by name and parameters."""
+    if prefix == "schedule.":
+        if _same_schedule(saved, now):
+            return []
+        text, saved_text = _schedule_text(now), _schedule_text(saved)
+        return [f"schedule: {text} (checkpoint: {saved_text}{'' if text != saved_text else ', other betas'})"]
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now), key=str)
+                for d in _differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
+    return [] if saved == now else [f"{prefix.rstrip('.')}: {now!r} (checkpoint: {saved!r})"]
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss (or gradient norm) became NaN or infinite; training stopped before saving anything."""
@@ -49,12 +86,12 @@ class DivergedWeightsError(NonFiniteLossError):
 
 
 def resolve_device(config: TrainConfig, dist_info: DistInfo | None = None) -> torch.device:
-    device = pick_device(config.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"config key 'device' is {config.device!r} but CUDA is not available")
-        if dist_info is not None and dist_info.enabled:
-            return torch.device("cuda", dist_info.local_rank)
+    try:
+        device = pick_device(config.device)
+    except ValueError as e:
+        raise ConfigError(f"config key 'device': {e}") from None
+    if device.type == "cuda" and dist_info is not None and dist_info.enabled:
+        return torch.device("cuda", dist_info.local_rank)
     return device
 
 
@@ -196,9 +233,28 @@ class Trainer:
         barrier(self.dist)
         return path
 
+    def check_resumable(self, state: dict, path: str | Path) -> None:
+        """Refuse, before any weight is copied, a checkpoint of another model, schedule or task, or one
+        that holds no training state: continuing from it would fail deep in torch or train on silently."""
+        missing = [k for k in _TRAINING_KEYS if k not in state]
+        if missing:
+            raise ConfigError(f"--resume {str(path)!r}: not a training checkpoint (it has no {', '.join(missing)}); "
+                              f"resume from a ckpt_*.pt file of a run's checkpoints/ folder")
+        differs = [d for k in _MODEL_KEYS if k in state or k in self.extra_state
+                   for d in _differences(state.get(k), self.extra_state.get(k), f"{k}.")]
+        if differs:
+            now = config_to_dict(self.config)
+            changed = sorted(k for k, v in state.get("config", {}).items()
+                             if k not in _BOOKKEEPING_KEYS and now.get(k) != v)
+            raise ConfigError(
+                f"--resume {str(path)!r}: the checkpoint was trained with another model, schedule or task than "
+                f"this config gives: {'; '.join(differs)} (changed config keys: {', '.join(changed) or 'none'}). "
+                f"Resume with the config it was trained with, or start a new run in another output_dir")
+
     def load(self, path: str | Path) -> None:
         """Restore weights, EMA, optimiser, scaler, step, RNG states and data position from ``path``."""
         state = ckpt_io.load_checkpoint(path)
+        self.check_resumable(state, path)
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.ema.n_averaged.fill_(state["ema_num_averaged"])

@@ -44,7 +44,11 @@ def build_schedule(config: TrainConfig):
         if key not in accepted:
             raise ConfigError(f"config key {key!r} does not apply to the {config.schedule!r} schedule, "
                               f"which takes {sorted(accepted)}")
-    schedule = NoiseSchedule.from_name(config.schedule, config.num_timesteps, **kwargs)
+    try:
+        schedule = NoiseSchedule.from_name(config.schedule, config.num_timesteps, **kwargs)
+    except (TypeError, ValueError) as e:
+        given = {"num_timesteps": config.num_timesteps, **kwargs}
+        raise ConfigError(f"config keys 'schedule' ({config.schedule!r}) and {given}: {e}") from e
     if config.zero_terminal_snr:
         schedule = schedule.rescale_zero_terminal_snr()
     schedule.check_prediction_type(config.prediction_type)
@@ -175,7 +179,7 @@ def train_diffusion(config: TrainConfig, *, resume: bool | str | Path = False, d
     _check_item_shape(dataset, image_shape, what)
     if model is None:
         torch.manual_seed(config.seed)  # the same initial weights on every process
-        model = UNet(model_config)
+        model = UNet(model_config, num_timesteps=schedule.num_timesteps)
     null_label = model_config.num_classes
     state = {"model_config": model_config.to_dict(), "schedule": schedule.to_dict(),
              "prediction_type": config.prediction_type, "vae": config.vae,
