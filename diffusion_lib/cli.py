@@ -6,8 +6,9 @@
         --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
     python -m diffusion_lib sample --checkpoint fashion_cfg --guidance-scale 3 --class 3   (a shipped model)
 
-Subcommands live in a small registry: ``register(name, help, add_arguments, run)``. ``train`` and
-``sample`` are defined here; ``pipelines.evaluate`` registers ``evaluate`` through its ``register_cli``.
+Subcommands live in a small registry: ``register_subcommand(name, help, add_arguments, run)``. Each
+command's arguments and its run function are here; the work is done by the library (``training.run``,
+``pipelines.generate``, ``pipelines.evaluate``), imported when the command runs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from .pipelines import evaluate
 
 
 @dataclass
@@ -61,13 +60,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------- sample
-def _sample_arguments(p: argparse.ArgumentParser) -> None:
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint and --vae, the same for sample and evaluate."""
     p.add_argument("--checkpoint", required=True,
                    help="a training checkpoint (.pt) or a shipped model's name (fashion_cfg, ...: found or fetched)")
     p.add_argument("--vae", default=None,
                    help="latent models: the VAE file (or shipped name) that decodes the samples; default: the one "
                         "the checkpoint names by sha256, found or fetched like a shipped model. A VAE with another "
                         "sha256 is refused")
+
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
     p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
@@ -140,9 +144,63 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- evaluate
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from .pipelines.evaluate import METRICS
+
+    _model_arguments(p)
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
+    p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    p.add_argument("--n", type=int, default=10_000, help="number of samples (FID warns below 10 000)")
+    p.add_argument("--metrics", nargs="+", default=["fid"], choices=METRICS)
+    p.add_argument("--dataset", default=None, help="reference dataset (default: the checkpoint's)")
+    p.add_argument("--split", default="train", help="reference split")
+    p.add_argument("--n-reference", type=int, default=None, help="reference images (default: --n)")
+    p.add_argument("--extractor", default="auto", help="auto, inception-v3-fid-torchscript (offline), "
+                   "inception-v3-fid-torchmetrics (online) or random-projection-64 (smoke, not FID)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per sampler call")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance s (1: conditional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: $DIFFUSION_CACHE/fid "
+                   "or ~/.cache/diffusion_lib/fid)")
+    p.add_argument("--out", default=None, help="JSON file (default: eval_<sampler><steps>_n<n>.json next to "
+                   "the checkpoint)")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import check_writable, load_model
+    from .course.pretrained import resolve_checkpoint, resolve_vae
+    from .pipelines.evaluate import run_evaluation
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    _, _, info = load_model(checkpoint)
+    vae = resolve_vae(info, args.vae)
+    steps = None if args.sampler == "ddpm" else args.steps
+    out = args.out or Path(args.checkpoint).with_name(
+        f"eval_{args.sampler}{steps or ''}_n{args.n}_{Path(args.checkpoint).stem}.json")
+    check_writable(out, "--out")
+    result = run_evaluation(checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
+                            dataset=args.dataset, split=args.split, n_reference=args.n_reference,
+                            extractor=args.extractor, batch_size=args.batch_size,
+                            guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, clip_x0=args.clip_x0,
+                            ema=not args.no_ema,
+                            device=None if args.device == "auto" else args.device, cache_dir=args.cache_dir,
+                            out=out, vae=vae)
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
 register_subcommand("train", "train a diffusion model from a YAML config", _train_arguments, _train)
 register_subcommand("sample", "sample an image grid from a checkpoint", _sample_arguments, _sample)
-evaluate.register_cli(register_subcommand)
+register_subcommand("evaluate", "sample from a checkpoint and compute FID/KID against the training data (JSON)",
+                    _evaluate_arguments, _evaluate)
 
 
 # --------------------------------------------------------------------------------------- dispatch

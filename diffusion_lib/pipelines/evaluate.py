@@ -1,4 +1,5 @@
-"""``python -m diffusion_lib evaluate``: sample from a checkpoint, score the samples, write JSON.
+"""Sample from a checkpoint, score the samples, write JSON (its command line, in cli.py, is
+``python -m diffusion_lib evaluate``):
 
     python -m diffusion_lib evaluate --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
         --sampler ddim --steps 50 --n 10000 [--metrics fid kid] [--out eval.json]
@@ -6,7 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -143,61 +143,3 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="a training checkpoint (.pt) or a shipped model's name (fashion_cfg, ...: found or fetched)")
-    p.add_argument("--vae", default=None,
-                   help="latent models: the VAE file (or shipped name) that decodes the samples; default: the one "
-                        "the checkpoint names by sha256, found or fetched like a shipped model. A VAE with another "
-                        "sha256 is refused")
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
-    p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
-    p.add_argument("--n", type=int, default=10_000, help="number of samples (FID warns below 10 000)")
-    p.add_argument("--metrics", nargs="+", default=["fid"], choices=METRICS)
-    p.add_argument("--dataset", default=None, help="reference dataset (default: the checkpoint's)")
-    p.add_argument("--split", default="train", help="reference split")
-    p.add_argument("--n-reference", type=int, default=None, help="reference images (default: --n)")
-    p.add_argument("--extractor", default="auto", help="auto, inception-v3-fid-torchscript (offline), "
-                   "inception-v3-fid-torchmetrics (online) or random-projection-64 (smoke, not FID)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per sampler call")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance s (1: conditional)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    p.add_argument("--cache-dir", default=None, help="reference statistics cache (default: $DIFFUSION_CACHE/fid "
-                   "or ~/.cache/diffusion_lib/fid)")
-    p.add_argument("--out", default=None, help="JSON file (default: eval_<sampler><steps>_n<n>.json next to "
-                   "the checkpoint)")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    # The command line finds shipped models by name like the book does (course.pretrained).
-    from ..course.pretrained import resolve_checkpoint, resolve_vae
-
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    _, _, info = load_model(checkpoint)
-    vae = resolve_vae(info, args.vae)
-    steps = None if args.sampler == "ddpm" else args.steps
-    out = args.out or Path(args.checkpoint).with_name(
-        f"eval_{args.sampler}{steps or ''}_n{args.n}_{Path(args.checkpoint).stem}.json")
-    check_writable(out, "--out")
-    result = run_evaluation(checkpoint, sampler=args.sampler, steps=steps, n=args.n, metrics=tuple(args.metrics),
-                            dataset=args.dataset, split=args.split, n_reference=args.n_reference,
-                            extractor=args.extractor, batch_size=args.batch_size,
-                            guidance_scale=args.guidance_scale, eta=args.eta, seed=args.seed, clip_x0=args.clip_x0,
-                            ema=not args.no_ema,
-                            device=None if args.device == "auto" else args.device, cache_dir=args.cache_dir,
-                            out=out, vae=vae)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=str))
-    print(f"wrote {out}")
-    return 0
-
-
-def register_cli(register) -> None:
-    """Called by diffusion_lib.cli: adds the ``evaluate`` subcommand."""
-    register("evaluate", "sample from a checkpoint and compute FID/KID against the training data (JSON)",
-             add_arguments, run_from_args)
