@@ -57,7 +57,12 @@ def test_check_reports_broken_rules(tmp_path):
     assert "cell 2 writes to stderr" in problems
     assert "cell 3 has an error output (ZeroDivisionError)" in problems
 
-    noisy.source = "# NBVAL_IGNORE_OUTPUT\ntrain()"
+    noisy.source = "# NBVAL_IGNORE_OUTPUT\ntrain()"  # a marker readers would see
+    nbformat.write(nb, path)
+    assert "cell 2 has an nbval marker in its source" in "\n".join(check_notebook(path))
+
+    noisy.source = "train()"
+    noisy.metadata["tags"] = ["nbval-ignore-output"]
     nb.cells = [nbformat.v4.new_code_cell(first_cell_source(), metadata={"tags": ["setup", "hide-input"]}), params, noisy]
     shape = nbformat.v4.new_code_cell("x.shape", execution_count=4)
     shape.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "torch.Size([2, 3])"}, execution_count=4)]

@@ -5,7 +5,8 @@
 - One code cell is tagged ``parameters`` and reads the profile with ``get_profile()``.
 - It is committed executed in the cpu profile: no errors, every code cell run, under 3 MB.
 - nbval (smoke profile) compares every output against those cpu outputs, so a cell whose output
-  depends on the profile or the run starts with ``# NBVAL_IGNORE_OUTPUT`` (or ``# NBVAL_SKIP``).
+  depends on the profile or the run carries nbval's cell tag ``nbval-ignore-output`` (or
+  ``nbval-skip``): a tag, in the cell's metadata, not a comment a reader would see.
 - Exercises (otter-grader's format): the book shows their text and, behind a toggle, their
   solutions, never the grading cells (``assignment_cells.exercise_problems``).
 """
@@ -25,7 +26,7 @@ NOTEBOOKS = ROOT / "notebooks"
 FIRST_CELL_FILE = NOTEBOOKS / "_first_cell.py"
 SETUP_TAGS = ["setup", "hide-input"]
 MAX_BYTES = 3 * 1024 * 1024
-MARKERS = ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP")
+IGNORE_TAGS = ("nbval-ignore-output", "nbval-skip")
 KERNEL_NAME = "python3"
 
 # Output text that differs between runs or machines, allowed only in marked cells.
@@ -56,8 +57,7 @@ def first_cell_source() -> str:
 
 
 def is_marked(cell) -> bool:
-    first_line = cell.source.lstrip().split("\n", 1)[0]
-    return first_line.startswith(MARKERS)
+    return any(tag in IGNORE_TAGS for tag in cell.metadata.get("tags", []))
 
 
 def output_text(output) -> str:
@@ -106,6 +106,9 @@ def check_notebook(path: Path) -> list[str]:
         if any(o.output_type == "execute_result" and str(o.data.get("text/plain", "")).startswith("<Figure")
                for o in cell.outputs):
             problems.append(f"{where} leaves a figure as its value, so it is shown twice: assign it (fig = ...)")
+        if "NBVAL_" in cell.source:
+            problems.append(f"{where} has an nbval marker in its source, which readers see: remove it and tag "
+                            f"the cell 'nbval-ignore-output' (or 'nbval-skip') instead")
         if cell.execution_count is None and cell is not first:
             problems.append(f"{where} was not executed; commit notebooks run with `make notebooks`")
         for output in cell.outputs:
@@ -123,7 +126,7 @@ def check_notebook(path: Path) -> list[str]:
                     text = output_text(output)
                     reason = next((f"shows {name}" for name, rx in RUN_DEPENDENT.items() if rx.search(text)), None)
                 if reason:
-                    problems.append(f"{where} {reason} but does not start with '# NBVAL_IGNORE_OUTPUT'")
+                    problems.append(f"{where} {reason} but is not tagged 'nbval-ignore-output'")
                     break
     if compared == 0:
         problems.append("no cell's output is compared by nbval; keep some deterministic cells unmarked")
