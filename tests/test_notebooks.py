@@ -63,6 +63,11 @@ def test_check_reports_broken_rules(tmp_path):
 
     noisy.source = "train()"
     noisy.metadata["tags"] = ["nbval-ignore-output"]
+    noisy.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="saved /home/alice/runs/x.pt\n"))
+    nbformat.write(nb, path)  # ignored by nbval, still shown in the book
+    assert "cell 2 shows a path of this machine (/home/alice/runs/x.pt)" in "\n".join(check_notebook(path))
+
+    noisy.outputs.pop()
     nb.cells = [nbformat.v4.new_code_cell(first_cell_source(), metadata={"tags": ["setup", "hide-input"]}), params, noisy]
     shape = nbformat.v4.new_code_cell("x.shape", execution_count=4)
     shape.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "torch.Size([2, 3])"}, execution_count=4)]

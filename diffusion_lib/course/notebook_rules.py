@@ -37,6 +37,11 @@ RUN_DEPENDENT = {
 }
 
 
+# A folder of one machine (a user's, a temporary or a server's one): never in a committed output, marked or not,
+# because the book shows every output. System folders such as /usr/share/... are the same everywhere.
+MACHINE_PATH = re.compile(r"(^|[\s'\"(])/(home|root|tmp|work|content|Users)/[^\s'\")]*")
+
+
 def kernel_environment(profile: str) -> dict[str, str]:
     """The environment of a chapter's kernel, the same under nbval and when the outputs are committed."""
     return {
@@ -114,6 +119,10 @@ def check_notebook(path: Path) -> list[str]:
         for output in cell.outputs:
             if output.output_type == "error":
                 problems.append(f"{where} has an error output ({output.get('ename')})")
+            path = MACHINE_PATH.search(output_text(output))
+            if path:
+                problems.append(f"{where} shows a path of this machine ({path.group(0).strip()}): print it "
+                                f"relative to the repository or under ~")
         if cell.outputs and not is_marked(cell):
             compared += 1
             for output in cell.outputs:
