@@ -328,3 +328,64 @@ class NoiseSchedule:
         if prediction_type == "sample":
             return x0
         return self.v_target(x0, noise, t)
+
+
+class FlowPath:
+    """The straight path of flow matching: x_t = (1 − t)·x0 + t·ε for continuous t ∈ [0, 1].
+
+    Lipman et al. 2023 ("Flow Matching for Generative Modeling", eq. 20–23 with σ_min = 0) and Liu
+    et al. 2023 (rectified flow): t = 0 is data, t = 1 is pure noise, and the path's velocity
+        u_t = dx_t/dt = ε − x0
+    is the network's training target. In the notation of the diffusion forward process x_t = a_t·x0 +
+    b_t·ε this is a_t = 1 − t, b_t = t (a² + b² ≠ 1: the path is not variance preserving).
+
+    The network is the same UNet as for diffusion: it sees the time as t·(T − 1), the range [0, T − 1]
+    of a diffusion model's timesteps (``num_timesteps`` = T), so its time embedding is unchanged.
+    """
+
+    def __init__(self, num_timesteps: int = 1000):
+        self.num_timesteps = _check_num_timesteps(num_timesteps)
+
+    @staticmethod
+    def check_t(t, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        """t as a float tensor of shape (N, 1, ..., 1) on like's device, refused outside [0, 1]."""
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            t = torch.full((batch_size,), float(t))
+        if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point:
+            raise TypeError(f"t must be a float or a floating-point tensor of times in [0, 1], got "
+                            f"{type(t).__name__}{'' if not isinstance(t, torch.Tensor) else ' of dtype ' + str(t.dtype)}")
+        if t.ndim == 0:
+            t = t.reshape(1).expand(batch_size)
+        if t.ndim != 1 or t.shape[0] != batch_size:
+            raise ValueError(f"t must have shape (N,) with N = batch size {batch_size}, got {tuple(t.shape)}")
+        if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+            raise ValueError(f"t must lie in [0, 1], got values in [{float(t.min())}, {float(t.max())}]")
+        return t.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 − t)·x0 + t·ε (Lipman et al. 2023, eq. 22 with σ_min = 0)."""
+        NoiseSchedule._check_same_shape("x0", x0, "noise", noise)
+        t = self.check_t(t, x0.shape[0], x0)
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """u_t(x_t | x0, ε) = ε − x0, the conditional velocity (eq. 23 with σ_min = 0)."""
+        NoiseSchedule._check_same_shape("x0", x0, "noise", noise)
+        return noise - x0
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The network's time input for t ∈ [0, 1]: t·(T − 1), the range of a diffusion UNet's timesteps."""
+        return t * (self.num_timesteps - 1)
+
+    def to_dict(self) -> dict:
+        return {"name": "flow_linear", "num_timesteps": self.num_timesteps}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FlowPath":
+        if not isinstance(d, dict) or d.get("name") != "flow_linear":
+            raise ValueError(f"from_dict needs a dict made by FlowPath.to_dict(), got {d!r}")
+        return cls(d["num_timesteps"])
+
+    def __repr__(self) -> str:
+        return f"FlowPath(x_t = (1 − t)·x0 + t·ε, model time t·{self.num_timesteps - 1})"

@@ -8,6 +8,7 @@ from .common import Trajectory
 from .ddim import ddim_invert, ddim_sample
 from .ddpm import ddpm_sample
 from .dpm_solver import dpm_solver_sample
+from .flow import flow_euler_sample, flow_heun_sample
 from .guidance import classifier_free_guidance
 from .timesteps import SPACINGS, logsnr_timesteps, make_timesteps
 
@@ -22,4 +23,5 @@ def sample(model, schedule, sampler: str = "ddim", **kwargs):
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Trajectory", "classifier_free_guidance", "ddim_invert", "ddim_sample",
-           "ddpm_sample", "dpm_solver_sample", "logsnr_timesteps", "make_timesteps", "sample"]
+           "ddpm_sample", "dpm_solver_sample",
+           "flow_euler_sample", "flow_heun_sample", "logsnr_timesteps", "make_timesteps", "sample"]

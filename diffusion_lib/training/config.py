@@ -20,10 +20,12 @@ import torch
 import yaml
 
 from ..data.datasets import DATASET_OPTIONS, DATASETS
+from ..objective import FLOW_TIME_SAMPLINGS
 from ..schedules import PREDICTION_TYPES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TASKS = ("diffusion", "vae", "classifier")
+OBJECTIVES = ("diffusion", "flow")
 # The largest learning rate the float32 weights can take: AdamW's step lr·m/√v must stay finite.
 MAX_LR = float(torch.finfo(torch.float32).max)
 
@@ -53,7 +55,10 @@ class TrainConfig:
     beta_end: float | None = None
     schedule_kwargs: dict = field(default_factory=dict)  # e.g. {s: 0.008} for cosine
     zero_terminal_snr: bool = False
-    # objective
+    # objective: "diffusion" (the schedule's x_t, prediction_type's target) or "flow" (flow matching:
+    # x_t = (1 − t)·x0 + t·ε, target ε − x0; schedule and prediction_type do not apply)
+    objective: str = "diffusion"
+    flow_time_sampling: str = "uniform"  # objective flow: "uniform" or "logit_normal" (SD3) training times
     prediction_type: str = "epsilon"
     min_snr_gamma: float | None = None  # Hang et al. 2023, e.g. 5.0; None: plain MSE
     # class conditioning for classifier-free guidance (Ho & Salimans 2022)
@@ -183,6 +188,14 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _check(c.beta_start <= c.beta_end, "beta_start", f"<= beta_end ({c.beta_end})", c.beta_start)
     _check(c.prediction_type in PREDICTION_TYPES, "prediction_type", f"one of {PREDICTION_TYPES}",
            c.prediction_type)
+    _check(c.objective in OBJECTIVES, "objective", f"one of {OBJECTIVES}", c.objective)
+    _check(c.flow_time_sampling in FLOW_TIME_SAMPLINGS, "flow_time_sampling", f"one of {FLOW_TIME_SAMPLINGS}",
+           c.flow_time_sampling)
+    if c.objective == "flow":
+        _check(c.task == "diffusion", "objective", "'diffusion' unless task is diffusion", c.objective)
+        _check(c.prediction_type == "epsilon" and c.min_snr_gamma is None, "objective",
+               "'diffusion' when prediction_type or min_snr_gamma is set (a flow model predicts the velocity)",
+               c.objective)
     _check(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
     _check(c.task in TASKS, "task", f"one of {TASKS}", c.task)
     _check(math.isfinite(c.vae_beta) and c.vae_beta >= 0, "vae_beta", "a finite number >= 0", c.vae_beta)

@@ -94,6 +94,10 @@ class StepRandom:
         """Uniform [0, 1), one per sample (shape (n,))."""
         return torch.rand(self.global_batch_size, generator=self.generator, device=self.device)[self.rows]
 
+    def randn(self) -> torch.Tensor:
+        """Standard normal, one per sample (shape (n,))."""
+        return torch.randn(self.global_batch_size, generator=self.generator, device=self.device)[self.rows]
+
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Standard normal noise shaped like this rank's batch ``x`` (drawn in float32, cast to x's dtype)."""
         shape = (self.global_batch_size, *x.shape[1:])

@@ -19,10 +19,10 @@ from ...data import dataset_info, load_dataset
 from ...data.images import random_hflip
 from ...latent import decode_latents, encode_dataset
 from ...models import UNet, UNetConfig
-from ...objective import diffusion_loss, drop_labels
+from ...objective import diffusion_loss, drop_labels, flow_matching_loss
 from ...pipelines.generate import sample_in_batches, sampler_options
-from ...samplers import classifier_free_guidance
-from ...schedules import NoiseSchedule
+from ...samplers import classifier_free_guidance, flow_euler_sample
+from ...schedules import FlowPath, NoiseSchedule
 from ..config import ConfigError, TrainConfig
 from ..distributed import DistInfo, barrier
 from ..randomness import StepRandom
@@ -30,7 +30,10 @@ from ..trainer import Trainer
 
 
 def build_schedule(config: TrainConfig):
-    """The NoiseSchedule a config describes (beta_start/beta_end go to schedules that take them)."""
+    """The NoiseSchedule a config describes (beta_start/beta_end go to schedules that take them), or
+    for ``objective: flow`` the FlowPath whose model time spans the same [0, num_timesteps − 1]."""
+    if config.objective == "flow":
+        return FlowPath(config.num_timesteps)
     constructor = getattr(NoiseSchedule, config.schedule, None) if not config.schedule.startswith("_") else None
     if constructor is None or config.schedule in ("from_name", "from_betas", "from_dict"):
         raise ConfigError(f"config key 'schedule' must name a NoiseSchedule constructor such as 'linear', "
@@ -114,6 +117,9 @@ def diffusion_loss_fn(schedule, config: TrainConfig, null_label: int | None) -> 
             y = drop_labels(y, config.p_uncond, null_label, rng.rand())
         else:
             y = None
+        if config.objective == "flow":
+            t = rng.rand() if config.flow_time_sampling == "uniform" else torch.sigmoid(rng.randn())
+            return flow_matching_loss(model, schedule, x0, y, t=t, noise=rng.randn_like(x0))
         t = rng.randint(schedule.num_timesteps)
         noise = rng.randn_like(x0)
         return diffusion_loss(model, schedule, x0, y, prediction_type=config.prediction_type,
@@ -123,8 +129,8 @@ def diffusion_loss_fn(schedule, config: TrainConfig, null_label: int | None) -> 
 
 
 def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable:
-    """Sample grids with DDIM (``sample_steps`` steps) from the EMA model, one row per class if conditional;
-    a latent model's samples are decoded by its VAE."""
+    """Sample grids with DDIM (``sample_steps`` steps; Euler for a flow model) from the EMA model, one row
+    per class if conditional; a latent model's samples are decoded by its VAE."""
 
     def sample_fn(model, generator):
         n = config.sample_n
@@ -137,6 +143,10 @@ def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable
         decode = None
         if config.vae is not None:  # latent diffusion: show the decoded images, not the latents
             decode = functools.partial(decode_latents, vae=config.vae, device=generator.device)
+        if config.objective == "flow":
+            x = flow_euler_sample(model, schedule, shape=(n, *shape), y=labels, num_steps=config.sample_steps,
+                                  generator=generator)
+            return decode(x) if decode is not None else x
         options = sampler_options("ddim", steps=config.sample_steps, prediction_type=config.prediction_type)
         return sample_in_batches(model, schedule, "ddim", shape=shape, n=n, labels=labels, batch_size=n,
                                  generator=generator, decode=decode, **options)
@@ -181,8 +191,11 @@ def train_diffusion(config: TrainConfig, *, resume: bool | str | Path = False, d
         torch.manual_seed(config.seed)  # the same initial weights on every process
         model = UNet(model_config, num_timesteps=schedule.num_timesteps)
     null_label = model_config.num_classes
-    state = {"model_config": model_config.to_dict(), "schedule": schedule.to_dict(),
-             "prediction_type": config.prediction_type, "vae": config.vae,
+    if config.objective == "flow":
+        path_state = {"objective": "flow", "flow_path": schedule.to_dict()}
+    else:
+        path_state = {"schedule": schedule.to_dict(), "prediction_type": config.prediction_type}
+    state = {"model_config": model_config.to_dict(), **path_state, "vae": config.vae,
              "vae_sha256": getattr(dataset, "vae_sha256", None), **(extra_state or {})}
     trainer = Trainer(config, model, dataset, diffusion_loss_fn(schedule, config, null_label),
                       extra_state=state, sample_fn=diffusion_sample_fn(schedule, config, model_config),
