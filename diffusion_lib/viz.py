@@ -1,4 +1,4 @@
-"""Figures for the book: image grids, trajectories, schedule curves and a slider widget.
+"""Figures for the book: image grids, trajectories, schedule curves, a frame player and a slider widget.
 
 Images come in as the library's float tensors in [-1, 1], shape (N, C, H, W); they leave as uint8.
 Every plotting function returns its matplotlib ``Figure``. In a notebook assign it
@@ -8,6 +8,11 @@ not help under nbval, which runs cells without history, where IPython looks for 
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import itertools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -160,3 +165,84 @@ def slider(fn: Callable, name: str, values: Sequence, value=None, description: s
             options=list(values), value=value, description=description, continuous_update=False
         )
     return widgets.interactive(fn, **{name: control})
+
+
+_player_ids = itertools.count()
+
+_PLAYER_SCRIPT = """
+(function () {
+  var root = document.getElementById("%(id)s");
+  var frames = JSON.parse(root.querySelector("script.frame-player-data").textContent);
+  var img = root.querySelector("img"), range = root.querySelector("input[type=range]");
+  var label = root.querySelector(".frame-player-label"), button = root.querySelector("button"), timer = null;
+  function show(i) { range.value = i; img.src = "data:image/png;base64," + frames.images[i]; label.textContent = frames.labels[i]; }
+  function stop() { clearInterval(timer); timer = null; button.textContent = "\u25B6 play"; }
+  range.addEventListener("input", function () { stop(); show(+range.value); });
+  button.addEventListener("click", function () {
+    if (timer) { stop(); return; }
+    button.textContent = "\u275A\u275A pause";
+    timer = setInterval(function () { show((+range.value + 1) %% frames.images.length); }, %(interval)d);
+  });
+})();
+"""
+
+
+def _png_base64(frame) -> str:
+    """A matplotlib Figure (closed afterwards) or an image array/tensor as a base64 PNG."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    if hasattr(frame, "savefig"):
+        frame.savefig(buffer, format="png", dpi=frame.dpi)
+        plt.close(frame)
+    else:
+        image = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+        if image.dtype != np.uint8:
+            raise TypeError(f"an image frame must be uint8 (H, W) or (H, W, C), got dtype {image.dtype}")
+        plt.imsave(buffer, image, format="png", cmap="gray" if image.ndim == 2 else None)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class FramePlayer:
+    """Precomputed frames behind a slider and a play button, as self-contained HTML and JavaScript.
+
+    It needs no kernel: the published book, a saved notebook, Colab and Jupyter all show it and
+    scrub through it. Displayed as a cell's value (``_repr_html_``); :attr:`html` is the markup.
+    """
+
+    def __init__(self, frames: Sequence, labels: Sequence[str], *, title: str = "", interval_ms: int = 400,
+                 start: int = 0):
+        frames, labels = list(frames), [str(label) for label in labels]
+        if not frames:
+            raise ValueError("frames must not be empty")
+        if len(labels) != len(frames):
+            raise ValueError(f"labels must give one label per frame: {len(frames)} frames, {len(labels)} labels")
+        if not 0 <= start < len(frames):
+            raise ValueError(f"start must be a frame index in [0, {len(frames) - 1}], got {start!r}")
+        self.images = [_png_base64(frame) for frame in frames]
+        self.labels = labels
+        self.start = start
+        self.id = f"frame-player-{next(_player_ids)}"
+        data = json.dumps({"images": self.images, "labels": labels}).replace("</", "<\\/")
+        self.html = (
+            f'<div class="frame-player" id="{self.id}">'
+            + (f'<div class="frame-player-title">{html.escape(title)}</div>' if title else "")
+            + f'<img style="max-width:100%" alt="{html.escape(title or "frame")}" '
+            f'src="data:image/png;base64,{self.images[start]}">'
+            f'<div style="display:flex;align-items:center;gap:0.6em;max-width:40em">'
+            f'<button type="button">\u25B6 play</button>'
+            f'<input type="range" min="0" max="{len(frames) - 1}" value="{start}" step="1" style="flex:1" '
+            f'aria-label="{html.escape(title or "frame")}">'
+            f'<span class="frame-player-label" style="font-family:monospace">{html.escape(labels[start])}</span></div>'
+            f'<script type="application/json" class="frame-player-data">{data}</script>'
+            f'<script>{_PLAYER_SCRIPT % {"id": self.id, "interval": int(interval_ms)}}</script></div>'
+        )
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return f"FramePlayer({len(self.images)} frames: {self.labels[0]} … {self.labels[-1]})"
+
+    def __len__(self) -> int:
+        return len(self.images)

@@ -87,3 +87,46 @@ def test_slider_calls_the_function_for_each_value():
     assert seen[-1] == "cosine"
     with pytest.raises(ValueError, match="not one of values"):
         viz.slider(print, "t", range(3), value=7)
+
+
+def test_frame_player_embeds_every_frame_and_its_label():
+    import json
+    import re
+
+    import matplotlib.pyplot as plt
+
+    from diffusion_lib.viz import FramePlayer
+
+    figures = []
+    for k in range(3):
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.plot([0, 1], [0, k])
+        figures.append(fig)
+    image = np.zeros((4, 5), dtype=np.uint8)
+    player = FramePlayer([*figures, image], ["t = 0", "t = 1", "t = 2", "<t = 3>"], title="a & b", start=1)
+    data = json.loads(re.search(r'class="frame-player-data">(.*?)</script>', player.html).group(1))
+    assert len(data["images"]) == len(player) == 4 and len(set(data["images"])) == 4
+    assert data["labels"][3] == "<t = 3>"
+    assert f'src="data:image/png;base64,{data["images"][1]}"' in player.html
+    assert 'max="3" value="1"' in player.html and "a &amp; b" in player.html
+    assert player._repr_html_() == player.html and repr(player) == "FramePlayer(4 frames: t = 0 … <t = 3>)"
+    assert not plt.get_fignums()  # the figures were closed once rendered
+
+
+@pytest.mark.parametrize("frames, labels, kwargs, match", [
+    ([], [], {}, "frames must not be empty"),
+    ([np.zeros((2, 2), np.uint8)], ["a", "b"], {}, "one label per frame"),
+    ([np.zeros((2, 2), np.uint8)], ["a"], {"start": 1}, "start must be a frame index"),
+])
+def test_frame_player_refuses_bad_input(frames, labels, kwargs, match):
+    from diffusion_lib.viz import FramePlayer
+
+    with pytest.raises(ValueError, match=match):
+        FramePlayer(frames, labels, **kwargs)
+
+
+def test_frame_player_refuses_float_images():
+    from diffusion_lib.viz import FramePlayer
+
+    with pytest.raises(TypeError, match="uint8"):
+        FramePlayer([np.zeros((2, 2))], ["a"])
