@@ -437,7 +437,10 @@ class FlowPath:
     """
 
     def __init__(self, num_timesteps: int = 1000):
-        self.num_timesteps = _check_num_timesteps(num_timesteps)
+        if _check_num_timesteps(num_timesteps) < 2:
+            raise ValueError(f"num_timesteps must be >= 2 for a FlowPath (the network time t·(T − 1) would be 0 "
+                             f"for every t), got {num_timesteps}")
+        self.num_timesteps = num_timesteps
 
     @staticmethod
     def check_t(t, batch_size: int, like: torch.Tensor) -> torch.Tensor:
