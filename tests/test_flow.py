@@ -343,6 +343,31 @@ def test_analytic_mixture_velocity_minimises_the_flow_loss():
         assert (residual - delta * h).pow(2).sum(1).mean() > loss  # the perturbed velocity u* + δh is worse
 
 
+def test_a_small_network_trained_with_the_flow_loss_approaches_the_analytic_velocity():
+    """A 2-D ToyMLP (hidden 64, depth 3) after 400 AdamW steps of flow_matching_loss on batches of 256 from the
+    mixture: its mean squared distance to u* on 4,096 held-out (x_t, t) is below 10% of E‖u*‖² (measured:
+    0.043 against 1.49, from 1.46 untrained; 2 to 6 s on one shared core)."""
+    from diffusion_lib.models.toy import ToyMLP
+
+    torch.manual_seed(0)
+    net = ToyMLP(dim=2, hidden=64, depth=3)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        loss = flow_matching_loss(net, PATH, MIXTURE.sample_data(256, g), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    held_out = torch.Generator().manual_seed(2)
+    x0 = MIXTURE.sample_data(4096, held_out)
+    t = torch.rand(4096, generator=held_out)
+    x_t = PATH.q_sample(x0, t, torch.randn(4096, 2, generator=held_out))
+    u_star = FlowVelocity(MIXTURE, PATH).velocity(x_t.double(), t.double())
+    with torch.no_grad():
+        distance = (net(x_t, PATH.model_time(t)).double() - u_star).pow(2).sum(1).mean()
+    assert distance < 0.1 * u_star.pow(2).sum(1).mean()
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory):
