@@ -9,7 +9,9 @@
 - the command line trains, resumes exactly and samples a flow model, and refuses mixed-up samplers.
 """
 
+import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from PIL import Image
 
 from diffusion_lib import checkpoint as ck
 from diffusion_lib import cli
+from diffusion_lib.metrics.fid import SmallSampleWarning
 from diffusion_lib.models.analytic import FlowVelocity, GaussianDenoiser, MixtureDenoiser
 from diffusion_lib.objective import flow_matching_loss, flow_times
 from diffusion_lib.pipelines.generate import sampler_options
@@ -413,6 +416,21 @@ def test_load_and_sample_a_flow_checkpoint(flow_run, tmp_path, capsys):
                      "--out", str(tmp_path / "x.png")]) == 2
     assert "clip_x0" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_evaluate_a_flow_checkpoint(flow_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))
+    checkpoint, out = ck.checkpoint_path(flow_run, 2), tmp_path / "eval.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        assert cli.main(["evaluate", "--checkpoint", str(checkpoint), "--sampler", "flow_euler", "--steps", "2",
+                         "--n", "8", "--extractor", "random-projection-64", "--device", "cpu", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["sampler"] == "flow_euler" and written["steps"] == 2 and written["fid"] > 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--n", "8",
+                     "--extractor", "random-projection-64", "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs a diffusion checkpoint" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
 def test_flow_sampler_on_a_diffusion_checkpoint_is_refused(tmp_path, capsys):
