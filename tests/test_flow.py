@@ -398,6 +398,17 @@ def test_flow_training_resumes_exactly(flow_run, tmp_path, capsys):
     assert all(torch.equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
 
 
+def test_resume_refuses_another_objective_or_path(flow_run, tmp_path, capsys):
+    common = dict(objective="flow", checkpoint_every=2, max_steps=3)
+    checkpoint = str(ck.checkpoint_path(flow_run, 2))
+    for overrides, message in (({"num_timesteps": 60}, "flow_path.num_timesteps: 60 (checkpoint: 50)"),
+                               ({"objective": "diffusion"}, "objective: None (checkpoint: 'flow')")):
+        out = tmp_path / str(len(message))
+        assert cli.main(["train", "--config", "configs/smoke.yaml", "--set",
+                         *tiny_overrides(out, **{**common, **overrides}), "--resume", checkpoint]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_load_and_sample_a_flow_checkpoint(flow_run, tmp_path, capsys):
     checkpoint = ck.checkpoint_path(flow_run, 2)
     model, path, info = ck.load_model(checkpoint)
