@@ -96,10 +96,11 @@ def convert_prediction(x_t: torch.Tensor, prediction: torch.Tensor, from_type: s
     c_x0, c_eps = coefficients[from_type]
     det = a * c_eps - b * c_x0
     if _any_zero(det):
-        raise ValueError(f"a {from_type!r} prediction does not determine x0 and ε where a·c_ε − b·c_x0 = 0 "
-                         f"(a = {a if not isinstance(a, torch.Tensor) else 'tensor'}, b = "
-                         f"{b if not isinstance(b, torch.Tensor) else 'tensor'}): e.g. ε at a = 0 (pure noise) or "
-                         f"x0 at b = 0 (clean data)")
+        where = {"epsilon": "a = 0 (pure noise: ε is x_t itself and says nothing of x0)",
+                 "sample": "b = 0 (clean data: x0 is x_t itself and says nothing of ε)"}
+        raise ValueError(f"a {from_type!r} prediction does not determine x0 and ε where "
+                         f"{where.get(from_type, 'a·c_ε − b·c_x0 = 0 (the 2×2 system is singular)')}; "
+                         f"convert at another time, or from another parameterisation")
     x0 = (c_eps * x_t - b * prediction) / det
     eps = (a * prediction - c_x0 * x_t) / det
     if to_type == "epsilon":
