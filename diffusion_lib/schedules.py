@@ -61,11 +61,11 @@ def convert_prediction(x_t: torch.Tensor, prediction: torch.Tensor, from_type: s
 
         "epsilon"       ε
         "sample"        x0
-        "v_prediction"  v = a·ε − b·x0                       (Salimans & Ho 2022, §4, for any a, b)
-        "score"         ∇ log p_t(x_t) = −ε/b                (x_t | x0 ~ N(a·x0, b²I); for the optimal ε̂ = E[ε | x_t]
-                                                              this is the marginal's score, Tweedie's formula)
-        "velocity"      u = ȧ·x0 + ḃ·ε = dx_t/dt             (the conditional vector field of the path, Lipman et
-                                                              al. 2023, Theorem 3; da = ȧ, db = ḃ its time derivatives)
+        "v_prediction"  v = a·ε − b·x0            Salimans & Ho 2022, §4 (written for any a, b)
+        "score"         ∇ log p_t(x_t) = −ε/b     x_t | x0 ~ N(a·x0, b²I); for the optimal ε̂ = E[ε | x_t] it is
+                                                  the noisy marginal's score (Tweedie's formula)
+        "velocity"      u = ȧ·x0 + ḃ·ε = dx_t/dt  the path's conditional vector field (Lipman et al. 2023,
+                                                  Theorem 3); da = ȧ, db = ḃ are its time derivatives
 
     so a prediction p = c_x0·x0 + c_ε·ε and x_t = a·x0 + b·ε form a 2×2 linear system with
     determinant D = a·c_ε − b·c_x0, whose solution is x0 = (c_ε·x_t − b·p)/D, ε = (a·p − c_x0·x_t)/D;
