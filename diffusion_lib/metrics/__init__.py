@@ -12,6 +12,7 @@ from .fid import (MIN_FID_SAMPLES, FIDResult, KIDResult, SmallSampleWarning, fid
 from .frechet import (FeatureStats, frechet_distance, frechet_distance_features, frechet_distance_sqrtm,
                       trace_sqrt_product)
 from ..data.images import to_float, to_uint8
+from .paths import chord_deviation
 from .inception import (OFFLINE_SHA1, ChecksumError, FeatureExtractor, InceptionTorchmetrics, InceptionTorchScript,
                         check_sha1, offline_weights_path)
 from .scores import (ScoreResult, class_accuracy, classifier_features, classifier_score, inception_score,
@@ -20,7 +21,7 @@ from .scores import (ScoreResult, class_accuracy, classifier_features, classifie
 __all__ = [
     "EXTRACTORS", "MIN_FID_SAMPLES", "OFFLINE_SHA1", "ChecksumError", "FIDResult", "FeatureExtractor", "FeatureSet",
     "FeatureStats", "InceptionTorchScript", "InceptionTorchmetrics", "KIDResult", "RandomProjection", "ScoreResult",
-    "SmallSampleWarning", "check_sha1", "class_accuracy", "classifier_features", "classifier_score",
+    "SmallSampleWarning", "check_sha1", "chord_deviation", "class_accuracy", "classifier_features", "classifier_score",
     "default_cache_dir", "extract_features", "fid", "fid_from_features", "fid_from_stats", "frechet_distance",
     "frechet_distance_features", "frechet_distance_sqrtm",
     "get_extractor", "inception_score", "kid", "kid_from_features", "offline_weights_path", "poly_mmd",
