@@ -1,12 +1,20 @@
 #!/usr/bin/env python
-"""Measure a shipped diffusion model for its model card (checkpoints/<name>.json, key "measured").
+"""Measure a shipped diffusion or flow-matching model for its model card (checkpoints/<name>.json, key "measured").
 
     python scripts/measure_model.py fashion_ddpm_linear --fp32 runs/book/fashion_linear/checkpoints/ckpt_00001500.pt
     python scripts/measure_model.py fashion_cfg --fp32 runs/fashion_latent_cfg/checkpoints/ckpt_00002000.pt
     python scripts/measure_model.py fashion_ddpm_linear --fid      (adds FID-2k against the test set)
+    python scripts/measure_model.py fashion_flow --fp32 runs/fashion_flow_cpu/checkpoints/ckpt_00003000.pt --fid
 
-What it measures, all with DDIM (50 steps, η = 0) from the EMA weights and the shipped classifier
-(pixel models with x̂0 clipped to [-1, 1] at every step, as Ho et al. sample; latents are not clipped):
+What it measures, from the EMA weights with the shipped classifier, and with one sampler per kind of model:
+- diffusion models: DDIM (50 steps, η = 0), pixel models with x̂0 clipped to [-1, 1] at every step, as
+  Ho et al. sample (latents are not clipped);
+- flow-matching models (``fashion_flow``): Euler on the flow ODE, 50 steps (50 model calls, as many as
+  DDIM-50), without clipping: the flow samplers have none (the final images are clamped to [-1, 1] as
+  every model's are). Euler rather than Heun-25 (also 50 calls) because it is the first-order solver,
+  like DDIM, and what the trainer's sample grids use; chapter 11 compares the solvers at every budget.
+
+Measured:
 - unconditional models: the classifier's class assignments of the samples (every class should get
   at least 5 %: the model covers the data set, no mode is lost);
 - class-conditional models: class accuracy of the samples guided at s = ``--scale`` (default 3),
@@ -52,14 +60,23 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 50
 
 
+def protocol(info: dict) -> tuple[str, str, bool]:
+    """(sampler, its description for the card, clip x̂0): flow Euler for a flow-matching model, else DDIM."""
+    if info.get("objective") == "flow":
+        return "flow_euler", f"flow_euler, {STEPS} steps ({STEPS} model calls), EMA weights, no clipping", False
+    clip = not info.get("vae")
+    return "ddim", f"ddim, {STEPS} steps, eta 0, EMA weights" + (", x0 clipped to [-1, 1]" if clip else ""), clip
+
+
 def draw(model, schedule, info, n: int, scale: float, seed: int, device: torch.device) -> torch.Tensor:
-    """``n`` images in [-1, 1] on the CPU: DDIM-50 from noise fixed by ``seed`` (and the device), classes
-    in turn when conditional."""
+    """``n`` images in [-1, 1] on the CPU with :func:`protocol`'s sampler, 50 steps, from noise fixed by
+    ``seed`` (and the device), classes in turn when conditional."""
     vae = recipes.find_vae_for(info)
+    sampler, _, clip = protocol(info)
     model = model.to(device, memory_format=torch.channels_last)  # 1.2x images/s on a CPU too
-    images = generate(model, schedule, info, sampler="ddim", steps=STEPS, n=n, seed=seed, guidance_scale=scale,
+    images = generate(model, schedule, info, sampler=sampler, steps=STEPS, n=n, seed=seed, guidance_scale=scale,
                       batch_size=1000 if device.type == "cuda" else 250, eta=0.0, device=device,
-                      progress=True, clip_x0=vae is None)
+                      progress=True, clip_x0=clip)
     return decode_latents(images, vae) if vae is not None else images
 
 
@@ -76,9 +93,10 @@ def predicted_classes(classifier, images: torch.Tensor) -> torch.Tensor:
     return model_outputs(classifier, images, batch_size=250).argmax(1)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", choices=[n for n in pretrained.NAMES if n not in ("fashion_vae", "fashion_classifier")])
+    p.add_argument("name", help="a shipped diffusion or flow model (e.g. fashion_ddpm_linear, fashion_flow), found "
+                                "as <name>.pt in $DIFFUSION_CHECKPOINTS, checkpoints/ or the cache")
     p.add_argument("--n", type=int, default=1000, help="samples for class coverage / accuracy")
     p.add_argument("--scale", type=float, default=3.0, help="guidance scale s of a conditional model")
     p.add_argument("--fp32", type=Path, default=None, help="the run's checkpoint, for the fp16 check")
@@ -92,7 +110,9 @@ def main() -> int:
     p.add_argument("--samples", type=Path, default=None,
                    help="classify and score these saved samples instead of drawing")
     p.add_argument("--first", type=int, default=None, help="with --samples: only the first this many")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.name in ("fashion_vae", "fashion_classifier"):
+        p.error(f"name must be a diffusion or flow model; {args.name} is not one")
     device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,8 +127,7 @@ def main() -> int:
     model, schedule, info = pretrained.load_pretrained(args.name)
     conditional = info["num_classes"] is not None
     scale = args.scale if conditional else 1.0
-    clip = "" if info.get("vae") else ", x0 clipped to [-1, 1]"
-    measured = {"sampler": f"ddim, {STEPS} steps, eta 0, EMA weights{clip}", "seed": args.seed,
+    measured = {"sampler": protocol(info)[1], "seed": args.seed,
                 "classifier": f"fashion_classifier (test accuracy {pretrained.read_card(classifier_path)['test_accuracy']})"}
 
     if args.samples is not None:

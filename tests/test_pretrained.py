@@ -174,3 +174,43 @@ def test_saved_samples_are_read_back_only_for_their_checkpoint(tmp_path):
     assert torch.equal(measure_model.read_samples(samples, drew)["images"], images)
     with pytest.raises(SystemExit, match="another checkpoint"):
         measure_model.read_samples(samples, other)
+
+
+def test_measure_model_samples_a_flow_checkpoint_with_flow_euler(tmp_path, monkeypatch, capsys):
+    """scripts/measure_model.py on a flow-matching model: Euler, 50 steps, no clipping; class coverage and the
+    fp16 check (against itself: no difference) written into its card beside it."""
+    import json
+
+    from _scripts import load_script
+
+    from diffusion_lib.checkpoint import save_checkpoint
+    from diffusion_lib.models import UNet, UNetConfig
+    from diffusion_lib.schedules import FlowPath
+
+    measure_model = load_script(Path(__file__).parents[1] / "scripts" / "measure_model.py", "measure_model_flow")
+    torch.manual_seed(0)
+    config = UNetConfig(in_channels=1, out_channels=1, image_size=32, base_channels=8, channel_mult=(1, 2),
+                        num_res_blocks=1, attention_levels=(), num_groups=4)
+    net = UNet(config, num_timesteps=20)
+    with torch.no_grad():  # the output layer starts at zero; a moving velocity field
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    folder = tmp_path / "ckpts"
+    path = save_checkpoint(folder / "fashion_flow.pt", {
+        "model": net.state_dict(), "model_config": config.to_dict(), "step": 1, "objective": "flow",
+        "flow_path": FlowPath(20).to_dict(), "config": {"dataset": "fashion_mnist"}})
+    (folder / "fashion_flow.json").write_text("{}")
+    monkeypatch.setenv("DIFFUSION_CHECKPOINTS", str(folder))
+    calls = []
+    real = measure_model.generate
+    monkeypatch.setattr(measure_model, "generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    assert measure_model.main(["fashion_flow", "--n", "10", "--fp32", str(path), "--fp16-n", "3", "--threads", "1"]) == 0
+    capsys.readouterr()
+    measured = json.loads((folder / "fashion_flow.json").read_text())["measured"]
+    assert measured["sampler"].startswith("flow_euler, 50 steps") and "no clipping" in measured["sampler"]
+    assert all(kw["sampler"] == "flow_euler" and kw["steps"] == 50 and kw["clip_x0"] is False for kw in calls)
+    assert len(calls) == 3 and measured["coverage"]["n"] == 10
+    assert measured["fp16_check"]["max_pixel_difference_8bit"] == 0
+    assert measure_model.protocol({"objective": "diffusion", "vae": None})[::2] == ("ddim", True)
+    with pytest.raises(SystemExit):
+        measure_model.main(["fashion_vae"])
