@@ -214,3 +214,13 @@ def test_measure_model_samples_a_flow_checkpoint_with_flow_euler(tmp_path, monke
     assert measure_model.protocol({"objective": "diffusion", "vae": None})[::2] == ("ddim", True)
     with pytest.raises(SystemExit):
         measure_model.main(["fashion_vae"])
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
+def test_chapter_11_pair_differs_only_in_the_objective(profile):
+    from diffusion_lib.training.config import config_to_dict
+
+    ddpm, flow = (config_to_dict(pretrained.notebook_config(name, profile)) for name in ("fashion_ddpm_cpu", "fashion_flow"))
+    assert flow.pop("objective") == "flow" and ddpm.pop("objective") == "diffusion"
+    assert flow.pop("flow_time_sampling") == ddpm.pop("flow_time_sampling") == "uniform"
+    assert flow == ddpm
