@@ -13,16 +13,20 @@ import torch
 
 
 def chord_deviation(states: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per sample, the mean distance of the intermediate states from the chord, over the chord's length.
+    """Per sample, the mean distance of a path from its chord, averaged along the path's length, over the
+    chord's length.
 
-    ``states``: x_0 = states[0] (the start, e.g. the noise x_T), ..., states[K] (the end, the sample),
-    each (N, ...). With the chord c = states[K] − states[0] and d_k = states[k] − states[0], the
-    distance of state k from the straight line through both ends is ‖d_k − (d_k·c/‖c‖²) c‖, and
+    ``states``: the visited states from the start (e.g. the noise x_T) to the end (the sample), each
+    (N, ...); the path is the polygon through them. With the chord c = states[K] − states[0] and
+    d_k = states[k] − states[0], state k lies D_k = ‖d_k − (d_k·c/‖c‖²) c‖ from the straight line through
+    both ends. Averaged over arc length (trapezoid rule on the segments of length ℓ_k):
 
-        deviation = (1/(K − 1)) Σ_{k=1}^{K−1} ‖d_k − (d_k·c/‖c‖²) c‖ / ‖c‖,
+        deviation = Σ_k ℓ_k (D_k + D_{k+1}) / 2  /  (Σ_k ℓ_k · ‖c‖).
 
-    0 for a straight path whatever its speed along it; 1/2 for the path (0, 0) → (1, 1) → (2, 0), whose
-    one intermediate state lies ‖c‖/2 from the chord. Computed in float64. Returns (N,).
+    Weighting by length rather than by state makes it a property of the curve, not of where a sampler's
+    time grid puts its states (DDIM's leading timesteps put many near the noise, where it hardly moves).
+    0 for a straight path at any speed; 1/4 for the polygon (0, 0) → (1, 1) → (2, 0); (2/π)(1 − π/4) ≈ 0.137
+    for a quarter circle. Computed in float64. Returns (N,).
     """
     if isinstance(states, torch.Tensor) or not isinstance(states, Sequence) or len(states) < 3:
         raise ValueError(f"states must be a list of at least 3 tensors (start, intermediate states, end), "
@@ -37,8 +41,14 @@ def chord_deviation(states: Sequence[torch.Tensor]) -> torch.Tensor:
     if bool((length == 0).any()):
         raise ValueError("states: a sample ends where it starts (a chord of length 0), so its deviation is undefined")
     unit = chord / length[:, None]
-    total = torch.zeros_like(length)
-    for state in states[1:-1]:
-        d = state.reshape(shape[0], -1).double() - start
-        total += (d - (d * unit).sum(1, keepdim=True) * unit).norm(dim=1)
-    return total / (len(states) - 2) / length
+    area, arc = torch.zeros_like(length), torch.zeros_like(length)
+    previous, previous_distance = start, torch.zeros_like(length)
+    for state in states[1:]:
+        x = state.reshape(shape[0], -1).double()
+        d = x - start
+        distance = (d - (d * unit).sum(1, keepdim=True) * unit).norm(dim=1)
+        segment = (x - previous).norm(dim=1)
+        area += segment * (distance + previous_distance) / 2
+        arc += segment
+        previous, previous_distance = x, distance
+    return area / arc / length
