@@ -24,6 +24,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from urllib.request import urlopen
 
 ROOT = Path(__file__).resolve().parents[1]
 MATHJAX = ROOT / ".cache" / "npm" / "node_modules" / "mathjax"
@@ -135,7 +136,10 @@ class Browser:
         blocked_before = len(self.blocked)
         try:
             page.goto(url, wait_until="load")
-            seen = page.evaluate(_INSPECT)
+            if re.search(r'http-equiv="refresh"', urlopen(url).read().decode(), re.I):  # a redirect: where it leads
+                page.wait_for_url(lambda landed: landed != url)
+                page.wait_for_load_state("load")
+            seen, landed = page.evaluate(_INSPECT), page.url
             problems = {
                 "math": ([f"raw TeX: {m.group(0)!r} in …{seen['prose'][max(0, m.start() - 40):m.end() + 40]!r}…"
                           for m in RAW_MATH.finditer(seen["prose"])]
@@ -157,6 +161,7 @@ class Browser:
         finally:
             page.close()
         info = {"players": seen["players"], "math": seen["math"], "images": len(seen["images"]),
+                **({"redirects_to": landed[len(self.site):]} if landed != url else {}),
                 "blocked": sorted(set(self.blocked[blocked_before:]))}
         return {check: found for check, found in problems.items() if found}, info
 

@@ -77,7 +77,6 @@ def test_every_page_of_the_book_reads_cleanly_in_chromium(book, site):
         page_start = time.perf_counter()
         shot = OUT / "screenshots" / page.replace("/", "_").replace(".html", ".png") if page in SCREENSHOTS else None
         problems, info = browser.check_page(url + page, screenshot=shot)
-        print("PROGRESS", page, round(time.perf_counter() - page_start, 1), file=sys.stderr, flush=True)
         report[page] = {**info, "problems": problems, "seconds": round(time.perf_counter() - page_start, 2)}
         failures += [f"{page}: {check}: {found}" for check, found in problems.items()]
     OUT.mkdir(parents=True, exist_ok=True)
