@@ -20,6 +20,7 @@ other sites (the Colab badge) are not checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -80,17 +81,27 @@ def mathjax_version() -> str | None:
     return json.loads(package.read_text())["version"] if package.is_file() else None
 
 
+@contextlib.contextmanager
+def launch():
+    """Debian's headless Chromium under playwright (one per process: playwright's sync API allows one)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium())
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 class Browser:
-    """Chromium at 1280 × 900 that sees only ``site`` (a ``http://127.0.0.1:PORT/`` URL) and MathJax."""
+    """A window of ``launch()``'s Chromium, 1280 × 900, that sees only ``site`` (a ``http://127.0.0.1:PORT/``
+    URL) and MathJax."""
 
-    def __init__(self, site: str):
-        from playwright.sync_api import sync_playwright
-
+    def __init__(self, chromium_browser, site: str):
         self.site = site
         self.mathjax_url = f"https://cdn.jsdelivr.net/npm/mathjax@{mathjax_version()}/"
-        self._playwright = sync_playwright().start()
-        self._browser = self._playwright.chromium.launch(executable_path=chromium())
-        self._context = self._browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
+        self._context = chromium_browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
         self._context.route("**/*", self._route)
         self.blocked: list[str] = []
 
@@ -112,8 +123,6 @@ class Browser:
 
     def close(self):
         self._context.close()
-        self._browser.close()
-        self._playwright.stop()
 
     def check_page(self, url: str, screenshot: Path | None = None) -> tuple[dict[str, list[str]], dict]:
         """Problems by check (only the checks that failed) and what was seen (players, math, images)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _browser import ROOT, Browser, chromium, mathjax_version
+from _browser import ROOT, Browser, chromium, launch, mathjax_version
 from _http_server import FolderServer
 
 OUT = ROOT / "_build" / "browser"
@@ -59,9 +59,15 @@ def book(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(book):
+def chromium_browser():
+    with launch() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def site(book, chromium_browser):
     with FolderServer(book[0]) as server:
-        browser = Browser(server.url)
+        browser = Browser(chromium_browser, server.url)
         try:
             yield book[0], server.url, browser
         finally:
@@ -121,7 +127,7 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(tmp_path_factory, chromium_browser):
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("synthetic")
@@ -136,7 +142,7 @@ def synthetic(tmp_path_factory):
     for name, (_, fault) in FAULTS.items():
         (folder / f"{name}.html").write_text(_page(good + fault.replace("{dead_player}", dead), version))
     with FolderServer(folder) as server:
-        browser = Browser(server.url)
+        browser = Browser(chromium_browser, server.url)
         try:
             yield server.url, browser
         finally:
