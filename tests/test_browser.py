@@ -78,6 +78,10 @@ def test_every_page_of_the_book_reads_cleanly_in_chromium(book, site):
     html, url, browser = site
     pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html") if "_static" not in p.parts)
     assert {"book/results.html", "notebooks/01_forward_process.html"} <= set(pages)
+    named = re.search(r'src="(https://cdn\.jsdelivr\.net/npm/mathjax@[^/"]+/)', (html / "book/notation.html").read_text())
+    assert named and named.group(1) == browser.mathjax_url, (
+        f"the pages load MathJax from {named and named.group(1)} but the test serves {browser.mathjax_url}: "
+        "keep _config.yml's mathjax_path and MATHJAX_VERSION in scripts/install.sh the same")
     report, failures, start = {}, [], time.perf_counter()
     for page in pages:
         page_start = time.perf_counter()
