@@ -144,7 +144,8 @@ def slider(fn: Callable, name: str, values: Sequence, value=None, description: s
 
     ``values``: a ``range`` gives an integer slider with its step; any other sequence a slider over
     its items. Works with ipywidgets 7 (Colab) and 8. Returns the widget; make it the cell's last
-    expression to display it. Without a kernel (the static book) the first value's output is shown.
+    expression to display it. It needs a running kernel: a saved notebook or the static book shows
+    nothing of it (the notebook rules refuse a saved widget), so chapters use :class:`FramePlayer`.
     """
     import ipywidgets as widgets
 
@@ -199,7 +200,8 @@ def _png_base64(frame) -> str:
         image = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
         if image.dtype != np.uint8:
             raise TypeError(f"an image frame must be uint8 (H, W) or (H, W, C), got dtype {image.dtype}")
-        plt.imsave(buffer, image, format="png", cmap="gray" if image.ndim == 2 else None)
+        # vmin/vmax: grey levels are absolute, not stretched per frame
+        plt.imsave(buffer, image, format="png", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
