@@ -22,6 +22,8 @@ from diffusion_lib.pipelines.guidance_sweep import (
     guidance_sweep,
     plot_guidance_sweep,
     sample_classes,
+    sweep_table,
+    table_html,
 )
 from diffusion_lib.models import UNet, UNetConfig
 from diffusion_lib.training.tasks.diffusion import diffusion_loss_fn
@@ -217,6 +219,7 @@ def test_sweep_accuracy_rises_and_diversity_falls():
     assert result.scales == [0.0, 1.0, 3.0] and result.grids[3.0].shape == (6, 1, 2, 2)
     assert result.settings["num_classes"] == 3 and result.rows[2]["w"] == 2.0
     assert "| 3 | 2 |" in result.table() and set(result.to_dict()) == {"settings", "rows"}
+    assert result.table_html().count("<tr>") == 4 and "FID" not in result.table()
     plot_guidance_sweep(result)
     again = guidance_sweep(model, schedule, NearestMean(means), scales=(3,), samples_per_class=200,
                            image_shape=(1, 2, 2), num_steps=20, batch_size=300, decode=lambda z: z.clamp(-1, 1))
@@ -236,7 +239,27 @@ def test_sweep_fid_at_chosen_scales():
                             image_shape=(3, 8, 8), num_steps=5, fid_scales=(1,), fid_reference=reference,
                             fid_extractor=RandomProjection(16, size=8))
     assert result.rows[0]["fid"] is None and result.rows[1]["fid"] > 0
-    assert result.rows[1]["fid_extractor"] == "random-projection-16"
+    assert result.rows[1]["fid_extractor"] == "random-projection-16" and result.rows[1]["fid_n"] == 40
+    assert "| FID (40 samples) |" in result.table()
+
+
+def test_fid_labels_name_the_fid_sample_size_not_the_sweep_size():
+    """The benchmark computes FID from a larger run (fid_n = 2,000) than the sweep's rows (n = 1,000):
+    the figure's axis and the table must name the FID's own size."""
+    import matplotlib.pyplot as plt
+
+    rows = [{"scale": w, "w": w - 1, "class_accuracy": 0.5, "diversity": 3.0, "n": 1000,
+             "fid": 40.0 if w != 2 else None, "fid_n": 2000 if w != 2 else None} for w in (0.0, 1.0, 2.0)]
+    fig = plot_guidance_sweep({"rows": rows})
+    assert fig.axes[1].get_ylabel() == "FID (2,000 samples)" and fig.axes[0].get_xlabel() == "guidance scale w"
+    plt.close(fig)
+    head, body = sweep_table({"rows": rows})
+    assert head[-1] == "FID (2,000 samples)" and body[2][-1] == "" and body[0][:2] == ["0", "-1"]
+    html_table = table_html(head, body)
+    assert html_table.count("<tr>") == 4 and "<th" in html_table and "|" not in html_table
+    rows[0]["fid_n"] = 500
+    with pytest.raises(ValueError, match="fid_n"):
+        sweep_table({"rows": rows})
 
 
 # ---------------------------------------------------------------------------------- bad input
