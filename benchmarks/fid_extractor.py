@@ -153,7 +153,7 @@ def torch_fidelity_check() -> dict:
         except (ImportError, TypeError):
             pass
     out["note"] = ("torch-fidelity's own weights file is not reachable offline: its network is loaded with the "
-                   "offline file's weights, so this checks resize, normalisation and architecture, not the weights")
+                   "offline file's weights, so this checks resize, normalisation and architecture, not the weights.")
     return out
 
 PARTS = ("extractor", "frechet", "torch_fidelity_check")

@@ -199,7 +199,8 @@ def _png_base64(frame) -> str:
         image = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
         if image.dtype != np.uint8:
             raise TypeError(f"an image frame must be uint8 (H, W) or (H, W, C), got dtype {image.dtype}")
-        plt.imsave(buffer, image, format="png", cmap="gray" if image.ndim == 2 else None)
+        # vmin/vmax: grey levels are absolute, not stretched per frame
+        plt.imsave(buffer, image, format="png", cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

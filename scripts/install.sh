@@ -33,3 +33,28 @@ if ! [ -d /usr/share/datasets/fashion-mnist ]; then
     echo "install.sh: no apt-get as root here; skipping dataset-fashion-mnist (optional: the cpu profile downloads it)" >&2
   fi
 fi
+
+# 5. Debian's Chromium for the browser test (tests/test_browser.py drives it with playwright from
+#    requirements.txt and never downloads a browser; the test is skipped where Chromium is missing).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "install.sh: could not apt-get chromium; tests/test_browser.py will be skipped" >&2
+  else
+    echo "install.sh: no apt-get as root here; skipping chromium (tests/test_browser.py will be skipped)" >&2
+  fi
+fi
+
+# 6. MathJax from npm, pinned, into .cache/npm (git-ignored): the browser test serves it in place of the
+#    CDN copy the published pages load (_config.yml's mathjax_path names the same version).
+MATHJAX_VERSION=3.2.2
+if ! grep -qs "\"version\": \"$MATHJAX_VERSION\"" .cache/npm/node_modules/mathjax/package.json; then
+  if command -v npm >/dev/null 2>&1; then
+    npm install -s --prefix .cache/npm --no-save --no-package-lock --no-audit --no-fund "mathjax@$MATHJAX_VERSION" \
+      || echo "install.sh: could not npm install mathjax@$MATHJAX_VERSION; tests/test_browser.py will be skipped" >&2
+  else
+    echo "install.sh: no npm here; skipping MathJax (tests/test_browser.py will be skipped)" >&2
+  fi
+fi

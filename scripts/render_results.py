@@ -35,7 +35,9 @@ def machine_line(m: dict | None) -> str:
     """One line naming the machine, torch and date of a measurement (``pipelines.machine.machine_info``'s keys)."""
     if not m:
         return "machine not recorded"
-    device = m.get("device_name") or m.get("cpu") or "unknown device"
+    device = m.get("device_name") or m.get("cpu")
+    if not device:  # files written before machine_info named the CPU still record the platform
+        device = f"{m['platform']} (CPU model not recorded)" if m.get("platform") else "CPU model not recorded"
     parts = [f"{m.get('device', 'cpu')}: {device}"]
     threads = m.get("cpu_threads")
     if threads is not None:
@@ -49,6 +51,12 @@ def machine_line(m: dict | None) -> str:
     if m.get("date"):
         parts.append(m["date"][:16].replace("T", " ") + " UTC")
     return ", ".join(parts)
+
+
+def sentence(text: str) -> str:
+    """``text`` ending in a full stop (notes in result files are free text, some without one)."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?" else text + "."
 
 
 def not_run(command: str) -> str:
@@ -286,7 +294,7 @@ def train_throughput(page: Page) -> str:
     if not data:
         return "\n".join(out) + "\n" + not_run("python benchmarks/train_throughput.py")
     if data.get("note"):
-        out.append(data["note"] + "\n")
+        out.append(sentence(data["note"]) + "\n")
     rows = []
     for run in data.get("runs", []):
         for c in run.get("comparisons", []):
@@ -341,7 +349,7 @@ def fid_extractor(page: Page) -> str:
                    f"`antialias=False` differs by {check['torchmetrics_antialias_False_rel_l2_diff']:.1e} (relative L2); "
                    f"with its default `antialias=True` by **{100 * check['torchmetrics_antialias_True_rel_l2_diff']:.0f} %**, "
                    f"which is why the course switches anti-aliasing off ([chapter 9](../notebooks/09_evaluating_generative_models.ipynb)). "
-                   f"{check.get('note', '')}\n")
+                   f"{sentence(check.get('note', ''))}\n")
     return "\n".join(out)
 
 

@@ -173,3 +173,12 @@ def test_results_page_renders_every_benchmark_file(efficiency_run, tmp_path):
     assert "| ddim5 | 5 | 5 |" in text and "The source report's claims" in text
     assert (tmp_path / "book" / "_static" / "results" / "efficiency.png").stat().st_size > 1000
     assert text.startswith("# Benchmark results") and "Measured on: cpu" in text
+
+
+def test_results_page_names_the_machine_and_ends_notes_in_a_full_stop():
+    machine = {"device": "cpu", "platform": "Linux-6.1-x86_64", "cpu_count": 2, "torch": "2.1"}
+    assert render_results.machine_line(machine) == "cpu: Linux-6.1-x86_64 (CPU model not recorded), 2 cores, torch 2.1"
+    assert render_results.machine_line({**machine, "cpu": "AMD EPYC"}).startswith("cpu: AMD EPYC, 2 cores")
+    assert render_results.machine_line({**machine, "device": "cuda", "device_name": "NVIDIA H200", "cpu": "AMD EPYC"}
+                                       ).startswith("cuda: NVIDIA H200,")
+    assert [render_results.sentence(t) for t in ("not the weights", "done.", "")] == ["not the weights.", "done.", ""]

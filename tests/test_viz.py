@@ -130,3 +130,18 @@ def test_frame_player_refuses_float_images():
 
     with pytest.raises(TypeError, match="uint8"):
         FramePlayer([np.zeros((2, 2))], ["a"])
+
+
+def test_frame_player_keeps_absolute_grey_levels():
+    import base64
+    import io
+    import json
+    import re
+
+    from diffusion_lib.viz import FramePlayer
+
+    dark, light = np.full((3, 3), 40, np.uint8), np.full((3, 3), 200, np.uint8)
+    player = FramePlayer([dark, light], ["dark", "light"])
+    data = json.loads(re.search(r'class="frame-player-data">(.*?)</script>', player.html).group(1))
+    levels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("L")) for png in data["images"]]
+    assert abs(int(levels[0].mean()) - 40) <= 1 and abs(int(levels[1].mean()) - 200) <= 1
