@@ -144,7 +144,8 @@ def slider(fn: Callable, name: str, values: Sequence, value=None, description: s
 
     ``values``: a ``range`` gives an integer slider with its step; any other sequence a slider over
     its items. Works with ipywidgets 7 (Colab) and 8. Returns the widget; make it the cell's last
-    expression to display it. Without a kernel (the static book) the first value's output is shown.
+    expression to display it. It needs a running kernel: a saved notebook or the static book shows
+    nothing of it (the notebook rules refuse a saved widget), so chapters use :class:`FramePlayer`.
     """
     import ipywidgets as widgets
 

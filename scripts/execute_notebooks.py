@@ -31,6 +31,7 @@ def main() -> int:
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(
             nb, timeout=args.timeout, kernel_name=KERNEL_NAME, record_timing=False,
+            store_widget_state=False,  # no widget state in committed notebooks: the static book cannot run it
             resources={"metadata": {"path": str(path.parent)}},
         )
         client.execute()

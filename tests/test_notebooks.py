@@ -1,9 +1,11 @@
 """Static checks of the chapter notebooks (their execution is tested by `pytest --nbval notebooks/`)."""
 
 import nbformat
+import numpy as np
 import pytest
 from _scripts import ROOT, load_script
 
+from diffusion_lib import viz
 from diffusion_lib.course.notebook_rules import check_notebook, first_cell_source, notebook_paths
 
 sync = load_script(ROOT / "scripts" / "sync_first_cell.py", "sync_first_cell").sync
@@ -67,11 +69,43 @@ def test_check_reports_broken_rules(tmp_path):
     nbformat.write(nb, path)  # ignored by nbval, still shown in the book
     assert "cell 2 shows a path of this machine (/home/alice/runs/x.pt)" in "\n".join(check_notebook(path))
 
-    noisy.outputs.pop()
+    noisy.outputs = [nbformat.v4.new_output("stream", name="stdout", text="loss 0.031\n")]  # marked: not compared
     nb.cells = [nbformat.v4.new_code_cell(first_cell_source(), metadata={"tags": ["setup", "hide-input"]}), params, noisy]
     shape = nbformat.v4.new_code_cell("x.shape", execution_count=4)
     shape.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "torch.Size([2, 3])"}, execution_count=4)]
     nb.cells.append(shape)
+    nbformat.write(nb, path)
+    assert check_notebook(path) == []
+
+
+def test_check_refuses_widgets_and_progress_bars_even_in_marked_cells(tmp_path):
+    """The static book shows every output and runs no kernel: a saved widget is a gap, a progress bar noise."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    setup = nbformat.v4.new_code_cell(first_cell_source(), metadata={"tags": ["setup", "hide-input"]})
+    params = nbformat.v4.new_code_cell("profile = get_profile()", metadata={"tags": ["parameters"]}, execution_count=1)
+    params.outputs = [nbformat.v4.new_output("stream", name="stdout", text="cpu\n")]
+    marked = {"tags": ["nbval-ignore-output"]}
+    slider = nbformat.v4.new_code_cell("viz.slider(show, 't', range(10))", metadata=marked, execution_count=2)
+    slider.outputs = [nbformat.v4.new_output("execute_result", execution_count=2, data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
+        "text/plain": "interactive(children=(IntSlider(value=0),))"})]
+    encode = nbformat.v4.new_code_cell("encode_dataset(images, vae)", metadata=marked, execution_count=3)
+    encode.outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                             text="encode:  40%|████      | 4/10 [00:01<00:02, 3.1img/s]")]
+    nb.cells = [setup, params, slider, encode]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2, "version_minor": 0}}
+    path = tmp_path / "03_widgets.ipynb"
+    nbformat.write(nb, path)
+    problems = "\n".join(check_notebook(path))
+    assert "saves widget state" in problems
+    assert "cell 2 shows a widget (application/vnd.jupyter.widget-view+json)" in problems
+    assert "cell 3 shows a progress bar" in problems
+
+    player = viz.FramePlayer([np.zeros((4, 4), np.uint8)] * 2, ["t = 0", "t = 1"])
+    slider.outputs = [nbformat.v4.new_output("execute_result", execution_count=2,
+                                             data={"text/html": player.html, "text/plain": repr(player)})]
+    encode.outputs = [nbformat.v4.new_output("stream", name="stdout", text="60,000 latents in 148.0 s\n")]
+    del nb.metadata["widgets"]
     nbformat.write(nb, path)
     assert check_notebook(path) == []
 

@@ -7,6 +7,9 @@
 - nbval (smoke profile) compares every output against those cpu outputs, so a cell whose output
   depends on the profile or the run carries nbval's cell tag ``nbval-ignore-output`` (or
   ``nbval-skip``): a tag, in the cell's metadata, not a comment a reader would see.
+- No widget is saved, neither as an output nor as the notebook's widget state, and no progress bar
+  (a tqdm widget or its text): the static book has no kernel to drive a widget, and a progress bar
+  tells a reader nothing. Interactive figures are precomputed players (``viz.FramePlayer``).
 - Exercises (otter-grader's format): the book shows their text and, behind a toggle, their
   solutions, never the grading cells (``assignment_cells.exercise_problems``).
 """
@@ -40,6 +43,11 @@ RUN_DEPENDENT = {
 # A folder of one machine (a user's, a temporary or a server's one): never in a committed output, marked or not,
 # because the book shows every output. System folders such as /usr/share/... are the same everywhere.
 MACHINE_PATH = re.compile(r"(^|[\s'\"(])/(home|root|tmp|work|content|Users)/[^\s'\")]*")
+
+
+# A tqdm bar as text ("encode:  40%|████      | 4/10 [00:01<00:02, 3.1it/s]"): never in a committed output.
+PROGRESS_BAR = re.compile(r"\d+%\|[^\n|]*\|\s*\d|\[\d+:\d{2}<(\d+:\d{2}|\?)")
+WIDGET_MIME = "application/vnd.jupyter.widget"
 
 
 def kernel_environment(profile: str) -> dict[str, str]:
@@ -82,6 +90,9 @@ def check_notebook(path: Path) -> list[str]:
         nbformat.validate(nb)
     except nbformat.ValidationError as error:
         problems.append(f"invalid notebook: {error.message}")
+    if "widgets" in nb.metadata:
+        problems.append("the notebook saves widget state (metadata 'widgets'), which the static book cannot run: "
+                        "show a viz.FramePlayer instead of a widget and execute with scripts/execute_notebooks.py")
     kernel = nb.metadata.get("kernelspec", {}).get("name")
     if kernel != KERNEL_NAME:
         problems.append(f"kernelspec name is {kernel!r}; use {KERNEL_NAME!r}")
@@ -119,6 +130,12 @@ def check_notebook(path: Path) -> list[str]:
         for output in cell.outputs:
             if output.output_type == "error":
                 problems.append(f"{where} has an error output ({output.get('ename')})")
+            widget = next((k for k in output.get("data", {}) if k.startswith(WIDGET_MIME)), None)
+            if widget:
+                problems.append(f"{where} shows a widget ({widget}), a gap in the static book: show a "
+                                f"viz.FramePlayer, and pass progress=False to what draws a progress bar")
+            elif PROGRESS_BAR.search(output_text(output)):
+                problems.append(f"{where} shows a progress bar: pass progress=False (or progress=profile == 'gpu')")
             path = MACHINE_PATH.search(output_text(output))
             if path:
                 problems.append(f"{where} shows a path of this machine ({path.group(0).strip()}): print it "
@@ -129,8 +146,6 @@ def check_notebook(path: Path) -> list[str]:
                 reason = None
                 if output.output_type == "stream" and output.name == "stderr":
                     reason = "writes to stderr (warnings, progress bars)"
-                elif "application/vnd.jupyter.widget-view+json" in output.get("data", {}):
-                    reason = "shows a widget"
                 else:
                     text = output_text(output)
                     reason = next((f"shows {name}" for name, rx in RUN_DEPENDENT.items() if rx.search(text)), None)
