@@ -391,37 +391,56 @@ def weights_key(state: dict, ema: bool, path: str | Path) -> str:
     return which
 
 
-def _load_kind(path: str | Path, keys: tuple[str, ...], kind: str, ema: bool) -> tuple[dict, str]:
-    """A checkpoint's state, checked to hold ``keys`` (else it is not a ``kind`` checkpoint), and which weights to load."""
-    state = load_checkpoint(path)
+def _require_keys(state: dict, path: str | Path, keys: tuple[str, ...], kind: str) -> None:
     for key in keys:
         if key not in state:
             raise CheckpointError(f"checkpoint file {str(path)!r} has no {key!r}: {kind}")
+
+
+def _load_kind(path: str | Path, keys: tuple[str, ...], kind: str, ema: bool) -> tuple[dict, str]:
+    """A checkpoint's state, checked to hold ``keys`` (else it is not a ``kind`` checkpoint), and which weights to load."""
+    state = load_checkpoint(path)
+    _require_keys(state, path, keys, kind)
     return state, weights_key(state, ema, path)
 
 
 def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu"
                ) -> tuple[torch.nn.Module, Any, dict]:
-    """Rebuild the UNet and NoiseSchedule of a training checkpoint, in eval mode on ``device``.
+    """Rebuild the UNet and NoiseSchedule (FlowPath for flow matching) of a training checkpoint, in eval mode
+    on ``device``.
 
-    Returns ``(model, schedule, info)``; ``info`` has ``step``, ``prediction_type``, ``num_classes``,
+    Returns ``(model, schedule, info)``; ``info`` has ``objective`` ("diffusion", or "flow" for a
+    flow-matching checkpoint, whose ``schedule`` slot then holds its :class:`~diffusion_lib.schedules.FlowPath`
+    and whose ``prediction_type`` is "velocity"), ``step``, ``prediction_type``, ``num_classes``,
     ``null_label``, ``image_shape`` (C, H, W), ``config``, ``model_config``, ``weights`` ("ema" or
     "model"), ``vae`` (None for pixel-space models; the VAE file named at training time), ``vae_sha256``
     (that file's sha256), ``vae_name`` (the shipped VAE with that file, when known) and ``path``. EMA
     weights are used by default (they give the better samples).
     """
     from .models import UNet, UNetConfig
-    from .schedules import NoiseSchedule
+    from .schedules import FlowPath, NoiseSchedule
 
-    ckpt, which = _load_kind(path, ("model_config", "schedule"), "not a diffusion checkpoint", ema)
+    ckpt, which = _load_kind(path, ("model_config",), "not a diffusion checkpoint", ema)
+    objective = ckpt.get("objective", "diffusion")
+    if objective == "flow":
+        _require_keys(ckpt, path, ("flow_path",), "a flow-matching checkpoint without its path")
+        schedule = FlowPath.from_dict(ckpt["flow_path"])
+        prediction_type = "velocity"
+    elif objective == "diffusion":
+        _require_keys(ckpt, path, ("schedule",), "not a diffusion checkpoint")
+        schedule = NoiseSchedule.from_dict(ckpt["schedule"])
+        prediction_type = ckpt.get("prediction_type", "epsilon")
+    else:
+        raise CheckpointError(f"checkpoint file {str(path)!r} has objective {objective!r}; this version of "
+                              f"diffusion_lib loads 'diffusion' and 'flow'")
     model_config = UNetConfig.from_dict(ckpt["model_config"])
-    schedule = NoiseSchedule.from_dict(ckpt["schedule"])
     model = UNet(model_config, num_timesteps=schedule.num_timesteps)
     model.load_state_dict(ckpt[which])  # copies into float32 parameters even from fp16 weights
     model.to(device).eval()
     info = {
+        "objective": objective,
         "step": ckpt.get("step"),
-        "prediction_type": ckpt.get("prediction_type", "epsilon"),
+        "prediction_type": prediction_type,
         "num_classes": model_config.num_classes,
         "null_label": getattr(model, "null_label", None),
         "image_shape": (model_config.in_channels, model_config.image_size, model_config.image_size),

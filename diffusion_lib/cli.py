@@ -5,6 +5,8 @@
     python -m diffusion_lib sample --checkpoint runs/x/checkpoints/ckpt_00010000.pt \\
         --sampler ddim --steps 50 --n 64 --out grid.png [--guidance-scale 3 --class 7] [--seed 0]
     python -m diffusion_lib sample --checkpoint fashion_cfg --guidance-scale 3 --class 3   (a shipped model)
+    python -m diffusion_lib sample --checkpoint runs/fashion_flow_cpu/checkpoints/ckpt_00003000.pt \
+        --sampler flow_heun --steps 10                                       (a flow-matching model)
 
 Subcommands live in a small registry: ``register_subcommand(name, help, add_arguments, run)``. Each
 command's arguments and its run function are here; the work is done by the library (``training.run``,
@@ -20,6 +22,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# samplers.SAMPLERS' names, spelled out so that --help does not import torch
+SAMPLER_NAMES = ("ddpm", "ddim", "dpm_solver", "flow_euler", "flow_heun")
 
 @dataclass
 class Subcommand:
@@ -72,8 +76,11 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
     _model_arguments(p)
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
-    p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
+                   help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
+                        "flow-matching one (objective: flow); default ddim")
+    p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
+                   "flow_euler), two (flow_heun); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--n", type=int, default=64, help="number of images")
@@ -149,8 +156,11 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from .pipelines.evaluate import METRICS
 
     _model_arguments(p)
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm_solver"))
-    p.add_argument("--steps", type=int, default=50, help="network calls (ddim, dpm_solver); ddpm uses all T")
+    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
+                   help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
+                        "flow-matching one (objective: flow); default ddim")
+    p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
+                   "flow_euler), two (flow_heun); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
     p.add_argument("--n", type=int, default=10_000, help="number of samples (FID warns below 10 000)")
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=METRICS)
@@ -197,7 +207,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-register_subcommand("train", "train a diffusion model from a YAML config", _train_arguments, _train)
+register_subcommand("train", "train a diffusion (or flow-matching: objective flow) model from a YAML config",
+                    _train_arguments, _train)
 register_subcommand("sample", "sample an image grid from a checkpoint", _sample_arguments, _sample)
 register_subcommand("evaluate", "sample from a checkpoint and compute FID/KID against the training data (JSON)",
                     _evaluate_arguments, _evaluate)

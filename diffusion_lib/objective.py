@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .schedules import FlowPath
+
 
 def min_snr_weight(schedule, t: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
     """Per-sample loss weights of Min-SNR-γ (Hang et al. 2023, eq. 8 and its ε / v forms).
@@ -102,12 +104,17 @@ def flow_matching_loss(model: Callable, path, x0: torch.Tensor, y: torch.Tensor 
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The conditional flow matching loss of a batch x0 (Lipman et al. 2023, eq. 9 and 23):
 
-        t ~ p(t),  ε ~ N(0, I),  x_t = (1 − t)·x0 + t·ε,  loss = ‖(ε − x0) − v_θ(x_t, t, y)‖².
+        t ~ p(t),  ε ~ N(0, I),  x_t = (1 − t)·x0 + t·ε,  loss = ‖(ε − x0) − u_θ(x_t, t, y)‖²
 
-    Its minimiser is the marginal velocity E[ε − x0 | x_t] (their Theorem 2). ``path`` is a
-    :class:`~diffusion_lib.schedules.FlowPath`; t (N,) in [0, 1] and noise are drawn with
-    ``generator`` unless given; labels are dropped as in :func:`diffusion_loss`.
+    (their time runs the other way: t here is 1 − t there). Its minimiser is the marginal velocity
+    u(x_t, t) = E[ε − x0 | x_t] (their Theorem 2; :class:`~diffusion_lib.models.analytic.FlowVelocity`
+    computes it for Gaussian and mixture data). ``path`` is a :class:`~diffusion_lib.schedules.FlowPath`;
+    the network sees the time as ``path.model_time(t)`` = t·(T − 1); t (N,) in [0, 1] and noise are
+    drawn with ``generator`` unless given; labels are dropped as in :func:`diffusion_loss`.
     """
+    if not isinstance(path, FlowPath):
+        raise TypeError(f"path must be a FlowPath (x_t = (1 − t)·x0 + t·ε), got {type(path).__name__}; a "
+                        f"NoiseSchedule trains with diffusion_loss")
     n = x0.shape[0]
     if t is None:
         t = flow_times(n, time_sampling, generator=generator, device=x0.device)

@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# What a network can predict at x_t = a·x0 + b·ε: the three training targets, the score and the flow velocity.
+PARAMETERISATIONS = (*PREDICTION_TYPES, "score", "velocity")
 SCHEDULE_NAMES = ("linear", "cosine", "sigmoid")
 
 
@@ -45,6 +47,77 @@ def split_prediction(x_t: torch.Tensor, prediction: torch.Tensor, a, b, predicti
     if not need_eps:
         return x0, None
     return x0, torch.mul(x_t, b).add_(prediction, alpha=a) if scalar else b * x_t + a * prediction
+
+
+def _any_zero(x) -> bool:
+    return bool((x == 0).any()) if isinstance(x, torch.Tensor) else x == 0
+
+
+def convert_prediction(x_t: torch.Tensor, prediction: torch.Tensor, from_type: str, to_type: str, a, b,
+                       da=None, db=None) -> torch.Tensor:
+    """Convert a prediction at x_t = a·x0 + b·ε from one parameterisation to another.
+
+    The five parameterisations are all linear in the two unknowns (x0, ε):
+
+        "epsilon"       ε
+        "sample"        x0
+        "v_prediction"  v = a·ε − b·x0            Salimans & Ho 2022, §4 (written for any a, b)
+        "score"         ∇ log p_t(x_t) = −ε/b     x_t | x0 ~ N(a·x0, b²I); for the optimal ε̂ = E[ε | x_t] it is
+                                                  the noisy marginal's score (Tweedie's formula)
+        "velocity"      u = ȧ·x0 + ḃ·ε = dx_t/dt  the path's conditional vector field (Lipman et al. 2023,
+                                                  Theorem 3); da = ȧ, db = ḃ are its time derivatives
+
+    so a prediction p = c_x0·x0 + c_ε·ε and x_t = a·x0 + b·ε form a 2×2 linear system with
+    determinant D = a·c_ε − b·c_x0, whose solution is x0 = (c_ε·x_t − b·p)/D, ε = (a·p − c_x0·x_t)/D;
+    the output is then formed from x0 and ε. The score enters and leaves through ε = −b·score.
+    On the flow path (a = 1 − t, b = t, ȧ = −1, ḃ = 1) the velocity gives x0 = x_t − t·u and
+    ε = x_t + (1 − t)·u; on a variance-preserving schedule (a² + b² = 1) v gives x0 = a·x_t − b·v.
+
+    ``a``, ``b`` (and ``da``, ``db``, needed only when either type is "velocity") are floats or
+    tensors that broadcast against x_t. A conversion that the path does not determine raises
+    ValueError: ε → x0 where a = 0 (pure noise), x0 → ε or to the score where b = 0 (clean data).
+    """
+    for name, kind in (("from_type", from_type), ("to_type", to_type)):
+        if kind not in PARAMETERISATIONS:
+            raise ValueError(f"{name} must be one of {PARAMETERISATIONS}, got {kind!r}")
+    NoiseSchedule._check_same_shape("x_t", x_t, "prediction", prediction)
+    if "velocity" in (from_type, to_type) and (da is None or db is None):
+        raise ValueError("converting to or from 'velocity' needs the path's time derivatives da = ȧ_t and db = ḃ_t "
+                         f"(x_t = a·x0 + b·ε, u = ȧ·x0 + ḃ·ε); got da={da!r}, db={db!r}")
+    if from_type == to_type:
+        return prediction
+    if from_type == "score":
+        if to_type == "epsilon":
+            return -b * prediction
+        prediction, from_type = -b * prediction, "epsilon"
+    if from_type == "epsilon" and to_type == "score":
+        return _score_from_eps(prediction, b)
+    coefficients = {"epsilon": (0.0, 1.0), "sample": (1.0, 0.0), "v_prediction": (-b, a), "velocity": (da, db)}
+    c_x0, c_eps = coefficients[from_type]
+    det = a * c_eps - b * c_x0
+    if _any_zero(det):
+        where = {"epsilon": "a = 0 (pure noise: ε is x_t itself and says nothing of x0)",
+                 "sample": "b = 0 (clean data: x0 is x_t itself and says nothing of ε)"}
+        raise ValueError(f"a {from_type!r} prediction does not determine x0 and ε where "
+                         f"{where.get(from_type, 'a·c_ε − b·c_x0 = 0 (the 2×2 system is singular)')}; "
+                         f"convert at another time, or from another parameterisation")
+    x0 = (c_eps * x_t - b * prediction) / det
+    eps = (a * prediction - c_x0 * x_t) / det
+    if to_type == "epsilon":
+        return eps
+    if to_type == "sample":
+        return x0
+    if to_type == "v_prediction":
+        return a * eps - b * x0
+    if to_type == "velocity":
+        return da * x0 + db * eps
+    return _score_from_eps(eps, b)
+
+
+def _score_from_eps(eps: torch.Tensor, b) -> torch.Tensor:
+    if _any_zero(b):
+        raise ValueError("the score −ε/b is undefined where b = 0 (no noise: the data distribution itself)")
+    return -eps / b
 
 
 def _betas_from_alpha_bar_fn(
@@ -309,6 +382,25 @@ class NoiseSchedule:
         a, b = self._coefs(x_t, t, prediction)
         return split_prediction(x_t, prediction, a, b, prediction_type)[1]
 
+    def convert_prediction(self, x_t: torch.Tensor, t, prediction: torch.Tensor, from_type: str,
+                           to_type: str) -> torch.Tensor:
+        """:func:`convert_prediction` at timesteps t (a = √ᾱ_t, b = √(1 − ᾱ_t)) between "epsilon", "sample",
+        "v_prediction" and "score".
+
+        "velocity" is refused: a discrete schedule has no time derivative, so its velocity depends on a
+        choice of continuous time. In the angle φ with a = cos φ, b = sin φ it is v itself (Salimans & Ho
+        2022, §4: v = dx_φ/dφ); in the variables of the probability-flow ODE, x̄ = x/√ᾱ and
+        σ = √(1 − ᾱ)/√ᾱ, it is ε (dx̄/dσ = ε, the ODE whose Euler step is DDIM, Song et al. 2021a, eq. 14).
+        The flow velocity belongs to :class:`FlowPath`; for another time pass its a, b, ȧ, ḃ to
+        :func:`convert_prediction`.
+        """
+        if "velocity" in (from_type, to_type):
+            raise ValueError("a NoiseSchedule has discrete timesteps and no velocity: use 'v_prediction' (the velocity "
+                             "in the angle φ = arctan(√(1 − ᾱ)/√ᾱ)), 'epsilon' (dx̄/dσ of the probability-flow ODE "
+                             "in x̄ = x/√ᾱ, σ = √(1 − ᾱ)/√ᾱ), or a FlowPath for flow matching's velocity")
+        a, b = self._coefs(x_t, t, prediction)
+        return convert_prediction(x_t, prediction, from_type, to_type, a, b)
+
     def v_target(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """v = √ᾱ_t · ε − √(1 − ᾱ_t) · x0 (Salimans & Ho 2022, "Progressive Distillation", §4)."""
         self._check_same_shape("x0", x0, "eps", eps)
@@ -337,20 +429,25 @@ class FlowPath:
     et al. 2023 (rectified flow): t = 0 is data, t = 1 is pure noise, and the path's velocity
         u_t = dx_t/dt = ε − x0
     is the network's training target. In the notation of the diffusion forward process x_t = a_t·x0 +
-    b_t·ε this is a_t = 1 − t, b_t = t (a² + b² ≠ 1: the path is not variance preserving).
+    b_t·ε this is a_t = 1 − t, b_t = t (a² + b² ≠ 1: the path is not variance preserving). Lipman et al.
+    run time the other way (their t = 0 is noise, their x1 data); here t follows the diffusion convention.
+    The velocity is written u (u_θ for the network) because v is Salimans & Ho's v-prediction.
 
     The network is the same UNet as for diffusion: it sees the time as t·(T − 1), the range [0, T − 1]
     of a diffusion model's timesteps (``num_timesteps`` = T), so its time embedding is unchanged.
     """
 
     def __init__(self, num_timesteps: int = 1000):
-        self.num_timesteps = _check_num_timesteps(num_timesteps)
+        if _check_num_timesteps(num_timesteps) < 2:
+            raise ValueError(f"num_timesteps must be >= 2 for a FlowPath (the network time t·(T − 1) would be 0 "
+                             f"for every t), got {num_timesteps}")
+        self.num_timesteps = num_timesteps
 
     @staticmethod
     def check_t(t, batch_size: int, like: torch.Tensor) -> torch.Tensor:
         """t as a float tensor of shape (N, 1, ..., 1) on like's device, refused outside [0, 1]."""
         if isinstance(t, (int, float)) and not isinstance(t, bool):
-            t = torch.full((batch_size,), float(t))
+            t = torch.full((batch_size,), float(t), dtype=torch.float64)  # exact for a float64 x_t too
         if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point:
             raise TypeError(f"t must be a float or a floating-point tensor of times in [0, 1], got "
                             f"{type(t).__name__}{'' if not isinstance(t, torch.Tensor) else ' of dtype ' + str(t.dtype)}")
@@ -373,6 +470,20 @@ class FlowPath:
         """u_t(x_t | x0, ε) = ε − x0, the conditional velocity (eq. 23 with σ_min = 0)."""
         NoiseSchedule._check_same_shape("x0", x0, "noise", noise)
         return noise - x0
+
+    def coefficients(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """(a_t, b_t, ȧ_t, ḃ_t) = (1 − t, t, −1, 1) of x_t = a_t·x0 + b_t·ε, a and b shaped to broadcast against like."""
+        t = self.check_t(t, like.shape[0], like)
+        return 1 - t, t, -1.0, 1.0
+
+    def convert_prediction(self, x_t: torch.Tensor, t, prediction: torch.Tensor, from_type: str,
+                           to_type: str) -> torch.Tensor:
+        """:func:`convert_prediction` on this path at times t ∈ [0, 1] between "epsilon", "sample",
+        "v_prediction" (a·ε − b·x0 with a = 1 − t, b = t), "score" and "velocity" (u = ε − x0):
+        e.g. x0 = x_t − t·u, ε = x_t + (1 − t)·u, and u = (x_t − x0)/t = (ε − x_t)/(1 − t)."""
+        NoiseSchedule._check_same_shape("x_t", x_t, "prediction", prediction)
+        a, b, da, db = self.coefficients(t, x_t)
+        return convert_prediction(x_t, prediction, from_type, to_type, a, b, da, db)
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The network's time input for t ∈ [0, 1]: t·(T − 1), the range of a diffusion UNet's timesteps."""

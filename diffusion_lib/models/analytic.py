@@ -48,10 +48,10 @@ import math
 
 import torch
 
-from ..schedules import PREDICTION_TYPES, NoiseSchedule
+from ..schedules import PREDICTION_TYPES, FlowPath, NoiseSchedule
 from .layers import check_labels
 
-__all__ = ["AnalyticDenoiser", "GaussianDenoiser", "MixtureDenoiser"]
+__all__ = ["AnalyticDenoiser", "FlowVelocity", "GaussianDenoiser", "MixtureDenoiser"]
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -278,3 +278,58 @@ class MixtureDenoiser(AnalyticDenoiser):
         x0 = self.means[k] + self.variances[k].sqrt() * z
         x0 = x0.reshape(n, *self.event_shape).to(dtype)
         return (x0, self.component_labels[k]) if return_labels else x0
+
+
+class FlowVelocity:
+    """The optimal flow-matching model: the marginal velocity u(x_t, t) = E[ε − x0 | x_t] on the path
+    x_t = (1 − t)·x0 + t·ε of ``path`` (a FlowPath), for the Gaussian or mixture data of ``data`` (a
+    GaussianDenoiser or MixtureDenoiser, whose schedule is not used).
+
+    Derivation. With a = 1 − t, b = t and, given the component k, x0 ~ N(μ_k, diag(s_k²)): per coordinate
+    Cov(ε − x0, x_t) = b − a·s_k² and Var(x_t) = a²s_k² + b², so by Gaussian conditioning
+
+        E[ε − x0 | x_t, k] = −μ_k + (b − a·s_k²)/(a²s_k² + b²) · (x_t − a·μ_k),
+
+    and u = Σ_k r_k(x_t)·E[ε − x0 | x_t, k] with the responsibilities r_k at (a, b) (see the module
+    docstring). It is the minimiser of the flow-matching loss (Lipman et al. 2023, Theorem 2), finite at
+    t = 0 where every s_k > 0 (there u = −x_t, as ε is independent of x0; point masses need t > 0).
+
+    ``model(x_t, time, y=None)`` takes the network time t·(T − 1) (what the flow samplers pass) and
+    counts its calls in ``calls``; :meth:`velocity` takes t ∈ [0, 1] directly.
+    """
+
+    def __init__(self, data: AnalyticDenoiser, path: FlowPath):
+        if not isinstance(data, (GaussianDenoiser, MixtureDenoiser)):
+            raise TypeError(f"data must be a GaussianDenoiser or MixtureDenoiser (the data distribution), got "
+                            f"{type(data).__name__}")
+        if not isinstance(path, FlowPath):
+            raise TypeError(f"path must be a FlowPath, got {type(path).__name__}")
+        self.data, self.path = data, path
+        self.num_classes = getattr(data, "num_classes", None)
+        self.null_label = getattr(data, "null_label", None)
+        self.calls = 0
+
+    def velocity(self, x_t: torch.Tensor, t, y=None) -> torch.Tensor:
+        """E[ε − x0 | x_t] at times t ∈ [0, 1] (a float or (N,)), in x_t's dtype."""
+        if not isinstance(x_t, torch.Tensor) or not x_t.dtype.is_floating_point or x_t.ndim < 1:
+            raise TypeError("x_t must be a floating-point tensor of shape (N, ...)")
+        x = x_t.to(_compute_dtype(x_t))
+        a, b, _, _ = self.path.coefficients(t, x)
+        if isinstance(self.data, GaussianDenoiser):
+            mu = self.data.mean.to(device=x.device, dtype=x.dtype)
+            var = self.data.std.to(device=x.device, dtype=x.dtype) ** 2
+            u = -mu + (b - a * var) / (a**2 * var + b**2) * (x - a * mu)
+            if u.shape != x.shape:
+                raise ValueError(f"mean {tuple(mu.shape)} and std {tuple(var.shape)} must broadcast against one "
+                                 f"sample of x_t, shape {tuple(x.shape[1:])}")
+            return u.to(x_t.dtype)
+        log_joint, diff, var = self.data._log_joint(x, a, b, y)  # diff = x_t − a·μ_k, var = a²s_k² + b²: (N, K, d)
+        n = x.shape[0]
+        a, b = a.reshape(n, 1, 1), b.reshape(n, 1, 1)
+        s2 = self.data.variances.to(device=x.device, dtype=x.dtype)
+        u_given_k = -self.data.means.to(device=x.device, dtype=x.dtype) + (b - a * s2) / var * diff
+        return (log_joint.softmax(dim=1)[..., None] * u_given_k).sum(1).reshape(x.shape).to(x_t.dtype)
+
+    def __call__(self, x_t: torch.Tensor, time: torch.Tensor, y=None) -> torch.Tensor:
+        self.calls += 1
+        return self.velocity(x_t, (time / (self.path.num_timesteps - 1)).clamp(0, 1), y)  # clamp: round-off

@@ -95,7 +95,7 @@ def run_evaluation(checkpoint: str | Path, *, sampler: str = "ddim", steps: int 
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise ValueError(f"{checkpoint} does not name its dataset: pass dataset=")
-    check_generate_options(info, guidance_scale=guidance_scale, clip_x0=clip_x0)
+    check_generate_options(info, guidance_scale=guidance_scale, clip_x0=clip_x0, sampler=sampler)
     n_reference = n if n_reference is None else n_reference
     net = get_extractor(extractor, device)
     ref_kw = dict(extractor=net, cache_dir=cache_dir, batch_size=feature_batch_size, device=device,

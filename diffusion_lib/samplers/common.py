@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..schedules import NoiseSchedule, split_prediction
+from ..schedules import FlowPath, NoiseSchedule, split_prediction
 
 
 @dataclass
@@ -31,7 +31,8 @@ class Trajectory:
 
 def check_schedule(schedule) -> NoiseSchedule:
     if not isinstance(schedule, NoiseSchedule):
-        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        hint = " (a flow-matching path: sample it with flow_euler or flow_heun)" if isinstance(schedule, FlowPath) else ""
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}{hint}")
     return schedule
 
 

@@ -196,6 +196,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         _check(c.prediction_type == "epsilon" and c.min_snr_gamma is None, "objective",
                "'diffusion' when prediction_type or min_snr_gamma is set (a flow model predicts the velocity)",
                c.objective)
+        _check(not c.zero_terminal_snr, "objective",
+               "'diffusion' when zero_terminal_snr is set (the flow path reaches pure noise at t = 1 by itself)",
+               c.objective)
     _check(c.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", c.precision)
     _check(c.task in TASKS, "task", f"one of {TASKS}", c.task)
     _check(math.isfinite(c.vae_beta) and c.vae_beta >= 0, "vae_beta", "a finite number >= 0", c.vae_beta)

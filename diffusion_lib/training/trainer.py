@@ -40,7 +40,8 @@ _BOOKKEEPING_KEYS = ("max_steps", "max_minutes", "output_dir", "progress", "chec
 MAX_ABS_WEIGHT = 1e4
 
 # What a checkpoint's weights are and how they were trained: a resumed run must agree on each.
-_MODEL_KEYS = ("model_config", "vae_config", "classifier_config", "schedule", "prediction_type")
+_MODEL_KEYS = ("model_config", "vae_config", "classifier_config", "schedule", "prediction_type", "objective",
+               "flow_path")
 # What a checkpoint needs to continue training (exported vae.pt / classifier.pt files lack the optimiser).
 _TRAINING_KEYS = ("step", "model", "ema", "ema_num_averaged", "optimizer", "scaler", "rng")
 

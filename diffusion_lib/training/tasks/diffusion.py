@@ -21,7 +21,7 @@ from ...latent import decode_latents, encode_dataset
 from ...models import UNet, UNetConfig
 from ...objective import diffusion_loss, drop_labels, flow_matching_loss
 from ...pipelines.generate import sample_in_batches, sampler_options
-from ...samplers import classifier_free_guidance, flow_euler_sample
+from ...samplers import classifier_free_guidance
 from ...schedules import FlowPath, NoiseSchedule
 from ..config import ConfigError, TrainConfig
 from ..distributed import DistInfo, barrier
@@ -143,12 +143,9 @@ def diffusion_sample_fn(schedule, config: TrainConfig, model_config) -> Callable
         decode = None
         if config.vae is not None:  # latent diffusion: show the decoded images, not the latents
             decode = functools.partial(decode_latents, vae=config.vae, device=generator.device)
-        if config.objective == "flow":
-            x = flow_euler_sample(model, schedule, shape=(n, *shape), y=labels, num_steps=config.sample_steps,
-                                  generator=generator)
-            return decode(x) if decode is not None else x
-        options = sampler_options("ddim", steps=config.sample_steps, prediction_type=config.prediction_type)
-        return sample_in_batches(model, schedule, "ddim", shape=shape, n=n, labels=labels, batch_size=n,
+        sampler = "flow_euler" if config.objective == "flow" else "ddim"
+        options = sampler_options(sampler, steps=config.sample_steps, prediction_type=config.prediction_type)
+        return sample_in_batches(model, schedule, sampler, shape=shape, n=n, labels=labels, batch_size=n,
                                  generator=generator, decode=decode, **options)
 
     sample_fn.nrow = model_config.num_classes  # a conditional grid has one class per column
