@@ -89,7 +89,8 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nrow", type=int, default=None,
                    help="images per grid row (default: one class per column, or ~sqrt(n))")
     p.add_argument("--guidance-scale", type=float, default=1.0,
-                   help="classifier-free guidance s (1: conditional, 0: unconditional; Ho & Salimans' w = s - 1)")
+                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; Ho & Salimans' "
+                        "weight is w - 1)")
     p.add_argument("--class", dest="class_label", type=int, default=None,
                    help="class of every image (conditional models; default: classes in turn)")
     p.add_argument("--seed", type=int, default=0)
@@ -170,7 +171,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default="auto", help="auto, inception-v3-fid-torchscript (offline), "
                    "inception-v3-fid-torchmetrics (online) or random-projection-64 (smoke, not FID)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per sampler call")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance s (1: conditional)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale w (1: conditional)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

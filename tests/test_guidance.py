@@ -1,4 +1,4 @@
-"""Classifier-free guidance: ε̃ = ε_u + s(ε_c − ε_u), one batched forward, s = 0 / 1 / linear in s."""
+"""Classifier-free guidance: ε̃ = ε_u + w(ε_c − ε_u), one batched forward, w = 0 / 1 / linear in w."""
 
 import pytest
 import torch

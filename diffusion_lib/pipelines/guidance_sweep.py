@@ -38,8 +38,8 @@ class GuidanceSweepResult:
     """One row per scale (``rows``), a grid of samples per scale (``grids``: ``grid_per_class`` rows,
     one class per column, [-1, 1] images) and the settings that produced them.
 
-    A row's ``scale`` is w and its ``w`` key holds Ho & Salimans' weight w − 1 (the key predates the
-    course's switch to w for the scale; the JSON files of ``benchmarks/`` are written with it)."""
+    A row's ``scale`` is the guidance scale w and its ``ho_salimans_weight`` is Ho & Salimans' own
+    weight, w − 1."""
 
     rows: list[dict]
     grids: dict[float, torch.Tensor] = field(repr=False)
@@ -109,8 +109,8 @@ def _fid_samples(rows: Sequence[dict]) -> int | None:
 
 
 def _check_scales(scales) -> list[float]:
-    scales = [float(s) for s in scales]
-    if not scales or any(not math.isfinite(s) or s < 0 for s in scales):
+    scales = [float(w) for w in scales]
+    if not scales or any(not math.isfinite(w) or w < 0 for w in scales):
         raise ValueError(f"scales must be finite numbers >= 0, got {scales}")
     return scales
 
@@ -205,24 +205,24 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
     grid_index = torch.tensor([c * samples_per_class + r for r in range(grid_per_class) for c in range(num_classes)])
 
     rows, grids = [], {}
-    for s in scales:
+    for w in scales:
         start = time.perf_counter()
-        images = sample_classes(model, schedule, labels, guidance_scale=s, null_label=null_label,
+        images = sample_classes(model, schedule, labels, guidance_scale=w, null_label=null_label,
                                 shape=tuple(image_shape), sampler=sampler, batch_size=batch_size, seed=seed,
                                 decode=decode, device=device, progress=progress, **sampler_kwargs)
         seconds = time.perf_counter() - start
         logits_kw = dict(batch_size=batch_size)
         accuracy = class_accuracy(images, labels, classifier, **logits_kw)
         diversity = within_class_diversity(classifier_features(classifier, images, **logits_kw), labels)
-        row = {"scale": s, "w": s - 1, "class_accuracy": accuracy, "diversity": diversity["mean"],
+        row = {"scale": w, "ho_salimans_weight": w - 1, "class_accuracy": accuracy, "diversity": diversity["mean"],
                "diversity_per_class": diversity["per_class"], "n": len(labels), "sampling_seconds": seconds,
                "fid": None}
-        if s in fid_scales:
+        if w in fid_scales:
             result = fid(images, fid_reference, extractor=fid_extractor, progress=progress)
             row.update(fid=result.fid, fid_extractor=result.extractor, fid_n=len(images),
                        fid_reference_n=result.n_reference)
         rows.append(row)
-        grids[s] = images[grid_index]
+        grids[w] = images[grid_index]
     settings = {"samples_per_class": samples_per_class, "num_classes": num_classes, "null_label": null_label,
                 "sampler": sampler, "num_steps": num_steps if sampler != "ddpm" else schedule.num_timesteps,
                 "prediction_type": prediction_type, "seed": seed, "latent": decode is not None,
