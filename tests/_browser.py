@@ -11,6 +11,8 @@ playwright, which downloads no browser) at 1280 px, served from 127.0.0.1, nothi
 - ``dead_player``: a ``diffusion_lib.viz.FramePlayer`` whose image and label do not change when its
   slider is moved with the keyboard;
 - ``too_wide``: the page scrolls horizontally (wide tables may scroll inside their own box);
+- ``wide_equation``: a display equation wider than its box, so that the reader sees it cut off at the
+  right and must scroll inside it (a long one is split over lines, ``\\begin{aligned}``);
 - ``machine_path``: an absolute path of somebody's machine in the text.
 
 MathJax is the pinned npm copy scripts/install.sh puts in .cache/npm, served in place of the CDN URL the
@@ -51,6 +53,9 @@ _INSPECT = """async () => {
        .forEach(el => el.remove());
   const math = [...document.querySelectorAll(".math")];
   const page = document.scrollingElement;
+  const tex = new Map();  // typeset element -> its TeX source, to name an equation in the report
+  if (window.MathJax && MathJax.startup && MathJax.startup.document)
+    for (const item of MathJax.startup.document.math) tex.set(item.typesetRoot, item.math.trim());
   return {
     prose: prose.innerText,
     text: document.body.innerText,
@@ -60,6 +65,9 @@ _INSPECT = """async () => {
     images: imgs.map(img => ({src: img.currentSrc || img.src, width: img.naturalWidth})),
     scroll_width: page.scrollWidth, client_width: page.clientWidth,
     players: document.querySelectorAll(".frame-player").length,
+    wide_equations: [...document.querySelectorAll('mjx-container[display="true"]')]
+      .filter(el => el.scrollWidth > el.clientWidth + 1)
+      .map(el => ({hidden: el.scrollWidth - el.clientWidth, box: el.clientWidth, tex: (tex.get(el) || "").slice(0, 80)})),
   };
 }"""
 
@@ -160,6 +168,8 @@ class Browser:
                 "dead_player": self._dead_players(page),
                 "too_wide": ([f"the page is {seen['scroll_width']} px wide in a {seen['client_width']} px window"]
                              if seen["scroll_width"] > seen["client_width"] else []),
+                "wide_equation": [f"{eq['hidden']} px of a {eq['box']} px display equation hidden: {eq['tex']!r}"
+                                  for eq in seen["wide_equations"]],
                 "machine_path": [f"{m.group(0)!r} in …{seen['text'][max(0, m.start() - 40):m.end() + 60]!r}…"
                                  for m in MACHINE_PATH.finditer(seen["text"])],
                 "js_error": errors,

@@ -111,9 +111,10 @@ def _page(body: str, mathjax: str) -> str:
             f'</head><body style="margin:0">{body}</body></html>')
 
 
-# A page with a little of everything the book has, each working: typeset math, an image, a player, a wide
-# table in its own scrolling box.
+# A page with a little of everything the book has, each working: typeset math (a display equation that fits its
+# box), an image, a player, a wide table in its own scrolling box.
 GOOD = ('<p>The mean <span class="math">\\(\\sqrt{\\bar\\alpha_t}\\, x_0\\)</span>.</p>'
+        '<div class="math" style="max-width:400px">\\[x_t = \\sqrt{\\bar\\alpha_t}\\, x_0 + \\sqrt{1 - \\bar\\alpha_t}\\, \\varepsilon\\]</div>'
         '<img src="grid.png" alt="grid">{player}'
         '<div style="overflow-x:auto"><table><tr><td style="min-width:3000px">a wide table</td></tr></table></div>')
 FAULTS = {
@@ -127,6 +128,10 @@ FAULTS = {
     "uncaught_error": ("js_error", "<script>undefined_function()</script>"),
     "console_error": ("js_error", '<script>console.error("something broke")</script>'),
     "too_wide": ("too_wide", '<div style="width:2000px">a figure wider than the window</div>'),
+    # as the book's theme shows one: cut off at the right, scrolling inside its own box
+    "wide_equation": ("wide_equation", '<style>mjx-container[display="true"] { overflow-x: auto }</style>'
+                      '<div class="math" style="max-width:400px">\\[' + " + ".join(f"x_{{{i}}}" for i in range(40))
+                      + '\\]</div>'),
 }
 
 
@@ -157,7 +162,7 @@ def test_a_page_with_everything_working_passes(synthetic):
     url, browser = synthetic
     problems, info = browser.check_page(url + "good.html")
     assert problems == {}
-    assert info["players"] == 1 and info["math"] == 1 and info["images"] == 2
+    assert info["players"] == 1 and info["math"] == 2 and info["images"] == 2
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
