@@ -10,6 +10,8 @@ playwright, which downloads no browser) at 1280 px, served from 127.0.0.1, nothi
 - ``js_error``: an uncaught exception or a console error;
 - ``dead_player``: a ``diffusion_lib.viz.FramePlayer`` whose image and label do not change when its
   slider is moved with the keyboard;
+- ``jumpy_player``: a player whose slider or button moves or changes size when its label changes (the
+  slider would slip away from the reader's pointer during play);
 - ``too_wide``: the page scrolls horizontally (wide tables may scroll inside their own box);
 - ``wide_equation``: a display equation wider than its box, so that the reader sees it cut off at the
   right and must scroll inside it (a long one is split over lines, ``\\begin{aligned}``);
@@ -72,6 +74,10 @@ _INSPECT = """async () => {
 }"""
 
 _FRAME = """root => ({src: root.querySelector("img") && root.querySelector("img").src,
+               controls: [...root.querySelectorAll("button, input[type=range]")].map(el => {
+                 const box = el.getBoundingClientRect();
+                 return [el.tagName.toLowerCase(), Math.round(box.left + scrollX), Math.round(box.top + scrollY),
+                         Math.round(box.width), Math.round(box.height)]; }),
                label: root.querySelector(".frame-player-label") && root.querySelector(".frame-player-label").textContent,
                value: root.querySelector("input[type=range]") && root.querySelector("input[type=range]").value,
                max: root.querySelector("input[type=range]") && root.querySelector("input[type=range]").max})"""
@@ -165,7 +171,7 @@ class Browser:
                 "broken_image": [image["src"][:100] for image in seen["images"]
                                  if image["width"] == 0 and not self._foreign(image["src"])],
                 "missing_file": missing,
-                "dead_player": self._dead_players(page),
+                **dict(zip(("dead_player", "jumpy_player"), self._move_players(page))),
                 "too_wide": ([f"the page is {seen['scroll_width']} px wide in a {seen['client_width']} px window"]
                              if seen["scroll_width"] > seen["client_width"] else []),
                 "wide_equation": [f"{eq['hidden']} px of a {eq['box']} px display equation hidden: {eq['tex']!r}"
@@ -188,10 +194,11 @@ class Browser:
         return not (src.startswith(self.site) or src.startswith("data:"))
 
     @staticmethod
-    def _dead_players(page) -> list[str]:
+    def _move_players(page) -> tuple[list[str], list[str]]:
         """Move every player's slider with the keyboard (End, or Home when it already shows the last
-        frame): a working player shows another image, another label, and the new image loads."""
-        dead = []
+        frame): a working player shows another image, another label, and the new image loads (else it is
+        dead), and its button and slider stay where they were (else it is jumpy)."""
+        dead, jumpy = [], []
         players = page.locator(".frame-player")
         for i in range(players.count()):
             player = players.nth(i)
@@ -212,4 +219,7 @@ class Browser:
                             + ("image" if after["src"] == before["src"] else "label") + " stayed the same")
             elif player.evaluate(_IMAGE_LOADED) == 0:
                 dead.append(f"{name}: frame {after['value']} did not load")
-        return dead
+            if after["value"] != before["value"] and after["controls"] != before["controls"]:
+                jumpy.append(f"{name}: from label {before['label']!r} to {after['label']!r} the controls "
+                             f"(element, left, top, width, height) went from {before['controls']} to {after['controls']}")
+        return dead, jumpy
