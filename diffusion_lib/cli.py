@@ -74,14 +74,18 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                         "sha256 is refused")
 
 
-def _sample_arguments(p: argparse.ArgumentParser) -> None:
-    _model_arguments(p)
+def _sampler_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
                    help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
                         "flow-matching one (objective: flow); default ddim")
     p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
                    "flow_euler), two (flow_heun); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _sampler_arguments(p)
     p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: --n)")
@@ -157,12 +161,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from .pipelines.evaluate import METRICS
 
     _model_arguments(p)
-    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
-                   help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
-                        "flow-matching one (objective: flow); default ddim")
-    p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
-                   "flow_euler), two (flow_heun); ddpm uses all T")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    _sampler_arguments(p)
     p.add_argument("--n", type=int, default=10_000, help="number of samples (FID warns below 10 000)")
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=METRICS)
     p.add_argument("--dataset", default=None, help="reference dataset (default: the checkpoint's)")
