@@ -24,8 +24,9 @@ gpu-dry-run: install
 	$(PYTHON) -m pytest tests/test_gpu_dry_run.py
 
 # Re-execute notebooks in the cpu profile so the committed files carry real outputs
-# (all of them, or one: `make notebooks NB=notebooks/04_training.ipynb`).
+# (all of them, or one: `make notebooks NB=notebooks/04_training.ipynb`), their Markdown made plain first.
 notebooks: install
+	$(PYTHON) scripts/plain_markup.py $(NB)
 	$(PYTHON) scripts/sync_first_cell.py $(NB)
 	$(PYTHON) scripts/execute_notebooks.py --profile cpu $(NB)
 

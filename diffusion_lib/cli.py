@@ -74,14 +74,18 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                         "sha256 is refused")
 
 
-def _sample_arguments(p: argparse.ArgumentParser) -> None:
-    _model_arguments(p)
+def _sampler_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
                    help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
                         "flow-matching one (objective: flow); default ddim")
     p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
                    "flow_euler), two (flow_heun); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _sampler_arguments(p)
     p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: --n)")
@@ -89,7 +93,8 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nrow", type=int, default=None,
                    help="images per grid row (default: one class per column, or ~sqrt(n))")
     p.add_argument("--guidance-scale", type=float, default=1.0,
-                   help="classifier-free guidance s (1: conditional, 0: unconditional; Ho & Salimans' w = s - 1)")
+                   help="classifier-free guidance scale w (1: conditional, 0: unconditional; Ho & Salimans' "
+                        "weight is w - 1)")
     p.add_argument("--class", dest="class_label", type=int, default=None,
                    help="class of every image (conditional models; default: classes in turn)")
     p.add_argument("--seed", type=int, default=0)
@@ -156,12 +161,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from .pipelines.evaluate import METRICS
 
     _model_arguments(p)
-    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
-                   help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
-                        "flow-matching one (objective: flow); default ddim")
-    p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
-                   "flow_euler), two (flow_heun); ddpm uses all T")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+    _sampler_arguments(p)
     p.add_argument("--n", type=int, default=10_000, help="number of samples (FID warns below 10 000)")
     p.add_argument("--metrics", nargs="+", default=["fid"], choices=METRICS)
     p.add_argument("--dataset", default=None, help="reference dataset (default: the checkpoint's)")
@@ -170,7 +170,8 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default="auto", help="auto, inception-v3-fid-torchscript (offline), "
                    "inception-v3-fid-torchmetrics (online) or random-projection-64 (smoke, not FID)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per sampler call")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance s (1: conditional)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale w (1: conditional)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-x0", action="store_true", help="clamp each step's x0 estimate to [-1, 1] (pixel models)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

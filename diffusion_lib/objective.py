@@ -54,6 +54,17 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, u: torch.Tens
     return torch.where(u < p_uncond, torch.full_like(y, null_label), y)
 
 
+def _drop_labels_at_rate(model, y: torch.Tensor | None, p_uncond: float, null_label: int | None,
+                         generator: torch.Generator | None) -> torch.Tensor | None:
+    """y with each label dropped to ``null_label`` (default ``model.null_label``) with probability p_uncond."""
+    if p_uncond <= 0 or y is None:
+        return y
+    null_label = getattr(model, "null_label", None) if null_label is None else null_label
+    if null_label is None:
+        raise ValueError("p_uncond > 0 needs a null_label (a class-conditional model has one)")
+    return drop_labels(y, p_uncond, null_label, torch.rand(y.shape[0], generator=generator, device=y.device))
+
+
 def diffusion_loss(model: Callable, schedule, x0: torch.Tensor, y: torch.Tensor | None = None, *,
                    prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
                    p_uncond: float = 0.0, null_label: int | None = None, t: torch.Tensor | None = None,
@@ -68,11 +79,7 @@ def diffusion_loss(model: Callable, schedule, x0: torch.Tensor, y: torch.Tensor 
         t = torch.randint(0, schedule.num_timesteps, (n,), generator=generator, device=x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    if p_uncond > 0 and y is not None:
-        null_label = getattr(model, "null_label", None) if null_label is None else null_label
-        if null_label is None:
-            raise ValueError("p_uncond > 0 needs a null_label (a class-conditional model has one)")
-        y = drop_labels(y, p_uncond, null_label, torch.rand(n, generator=generator, device=x0.device))
+    y = _drop_labels_at_rate(model, y, p_uncond, null_label, generator)
 
     x_t = schedule.q_sample(x0, t, noise)
     target = schedule.training_target(x0, noise, t, prediction_type)
@@ -120,11 +127,7 @@ def flow_matching_loss(model: Callable, path, x0: torch.Tensor, y: torch.Tensor 
         t = flow_times(n, time_sampling, generator=generator, device=x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    if p_uncond > 0 and y is not None:
-        null_label = getattr(model, "null_label", None) if null_label is None else null_label
-        if null_label is None:
-            raise ValueError("p_uncond > 0 needs a null_label (a class-conditional model has one)")
-        y = drop_labels(y, p_uncond, null_label, torch.rand(n, generator=generator, device=x0.device))
+    y = _drop_labels_at_rate(model, y, p_uncond, null_label, generator)
     x_t = path.q_sample(x0, t, noise)
     prediction = model(x_t, path.model_time(t), y)
     target = path.velocity_target(x0, noise)

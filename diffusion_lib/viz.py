@@ -231,11 +231,12 @@ class FramePlayer:
             + (f'<div class="frame-player-title">{html.escape(title)}</div>' if title else "")
             + f'<img style="max-width:100%" alt="{html.escape(title or "frame")}" '
             f'src="data:image/png;base64,{self.images[start]}">'
-            f'<div style="display:flex;align-items:center;gap:0.6em;max-width:40em">'
-            f'<button type="button">\u25B6 play</button>'
-            f'<input type="range" min="0" max="{len(frames) - 1}" value="{start}" step="1" style="flex:1" '
-            f'aria-label="{html.escape(title or "frame")}">'
-            f'<span class="frame-player-label" style="font-family:monospace">{html.escape(labels[start])}</span></div>'
+            # the label on its own line and a button as wide as "pause": the slider never moves or shrinks
+            f'<div class="frame-player-controls" style="display:flex;align-items:center;gap:0.6em;max-width:40em">'
+            f'<button type="button" style="white-space:nowrap;flex:none;min-width:6.5em">\u25B6 play</button>'
+            f'<input type="range" min="0" max="{len(frames) - 1}" value="{start}" step="1" style="flex:1;min-width:0" '
+            f'aria-label="{html.escape(title or "frame")}"></div>'
+            f'<div class="frame-player-label" style="font-family:monospace">{html.escape(labels[start])}</div>'
             f'<script type="application/json" class="frame-player-data">{data}</script>'
             f'<script>{_PLAYER_SCRIPT % {"id": self.id, "interval": int(interval_ms)}}</script></div>'
         )

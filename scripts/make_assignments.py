@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Generate the classroom assignments from the chapters' exercises with ``otter assign``.
 
-For every chapter notebook with a raw ``# ASSIGNMENT CONFIG`` cell this writes
+For every chapter notebook with an assignment configuration (its exercises are described in cell
+metadata: diffusion_lib/course/assignment_cells.py) this writes
 
     assignments/student/<chapter>/<chapter>.ipynb       solutions replaced by stubs, public checks
     assignments/student/<chapter>/tests/                the public tests (also inside the notebook)
@@ -10,6 +11,8 @@ For every chapter notebook with a raw ``# ASSIGNMENT CONFIG`` cell this writes
     exercises/<chapter>.ipynb                           the student notebook, committed: the chapter's
                                                         "Open in Colab" link opens it (EXERCISES)
 
+otter reads its own format, raw ``# BEGIN QUESTION`` cells and the like, which the chapters do not
+show their readers: it gets a copy written in that format (``assignment_cells.otter_notebook``).
 Offline, and nothing is executed (`otter assign --no-run-tests`): tests/test_assignments.py runs
 the results in the smoke profile, as grading does (scripts/grade_assignments.py). Two things are
 set for every chapter, whatever its config says: the tests go to files (``tests: files: true``),
@@ -42,8 +45,8 @@ import nbformat
 import yaml
 from packaging.requirements import Requirement
 
-from diffusion_lib.course.assignment_cells import (HIDE_INPUT, LINK, SOLUTION_METADATA, SOLUTION_TITLE,
-                                                   assignment_config, is_config_cell, questions)
+from diffusion_lib.course.assignment_cells import (CONFIG_KEY, HIDE_INPUT, LINK, SOLUTION_METADATA, SOLUTION_TITLE,
+                                                   assignment_config, otter_notebook, questions)
 from diffusion_lib.course.notebook_rules import ROOT, notebook_paths
 
 EXERCISES = ROOT / "exercises"
@@ -122,21 +125,20 @@ def unlabel_solution(cell) -> None:
 
 
 def master_copy(path: Path, folder: Path) -> Path:
-    """A copy of the chapter in ``folder`` with the settings the assignments need, without the
-    chapter's link to its student version and the fold of its solutions."""
+    """A copy of the chapter in ``folder`` in otter's format, with the settings the assignments need,
+    without the chapter's link to its student version and the fold of its solutions."""
     nb = nbformat.read(path, as_version=4)
     for question in questions(nb):
         for i in question.solution_cells:
             unlabel_solution(nb.cells[i])
     nb.cells = [c for c in nb.cells if LINK not in c.metadata.get("tags", [])]
-    cell = next(c for c in nb.cells if is_config_cell(c))
     config = assignment_config(nb)
     config.update(FORCED_CONFIG)
     config["tests"] = {**(config.get("tests") or {}), "files": True}
     config.setdefault("generate", True)
-    cell.source = "# ASSIGNMENT CONFIG\n" + yaml.safe_dump(config, sort_keys=False)
+    nb.metadata[CONFIG_KEY] = config
     copy = folder / path.name
-    nbformat.write(nb, copy)
+    nbformat.write(otter_notebook(nb), copy)
     return copy
 
 
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [p.resolve() for p in args.notebooks] or assignment_notebooks()
     for path in paths:
         if not has_assignment(path):
-            print(f"{path.name}: no '# ASSIGNMENT CONFIG' cell, skipped")
+            print(f"{path.name}: no assignment configuration (notebook metadata 'assignment'), skipped")
             continue
         made = make_assignment(path, args.out.resolve())
         args.exercises.mkdir(parents=True, exist_ok=True)

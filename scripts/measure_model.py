@@ -17,7 +17,7 @@ What it measures, from the EMA weights with the shipped classifier, and with one
 Measured:
 - unconditional models: the classifier's class assignments of the samples (every class should get
   at least 5 %: the model covers the data set, no mode is lost);
-- class-conditional models: class accuracy of the samples guided at s = ``--scale`` (default 3),
+- class-conditional models: class accuracy of the samples guided at w = ``--scale`` (default 3),
   the classes in turn;
 - ``--fp32``: the fp16 check. The same noise through the shipped (fp16-stored) weights and the run's
   float32 EMA weights: max pixel difference in 8-bit levels, and how often the classifier agrees;
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("name", help="a shipped diffusion or flow model (e.g. fashion_ddpm_linear, fashion_flow), found "
                                 "as <name>.pt in $DIFFUSION_CHECKPOINTS, checkpoints/ or the cache")
     p.add_argument("--n", type=int, default=1000, help="samples for class coverage / accuracy")
-    p.add_argument("--scale", type=float, default=3.0, help="guidance scale s of a conditional model")
+    p.add_argument("--scale", type=float, default=3.0, help="guidance scale w of a conditional model")
     p.add_argument("--fp32", type=Path, default=None, help="the run's checkpoint, for the fp16 check")
     p.add_argument("--fp16-n", type=int, default=100, help="samples of the fp16 check")
     p.add_argument("--fid", action="store_true", help="also FID against the test set (slow on a CPU)")

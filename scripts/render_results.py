@@ -359,20 +359,27 @@ def guidance_sweep(page: Page) -> str:
     if not data or not data.get("rows"):
         return "\n".join(out) + "\n" + not_run("python benchmarks/guidance_sweep.py --parts sweep --threads 1")
     settings = data.get("settings", {})
-    out.append(f"The shipped `fashion_cfg` model guided at every scale s (w = s − 1): "
-               f"{settings.get('samples_per_class')} samples of each class per scale, the same noise at every "
-               f"scale, DDIM {settings.get('num_steps')} steps. Class accuracy: how often the shipped classifier "
-               f"names the class that was asked for; diversity: the mean distance between the classifier's "
-               f"features of two samples of one class ([chapter 8](../notebooks/08_classifier_free_guidance.ipynb)).\n")
+    out.append(f"The shipped `fashion_cfg` model guided at every scale w, ε̃ = ε_u + w(ε_c − ε_u) (w = 1: the "
+               f"conditional model, w = 0: the unconditional one; Ho & Salimans' own weight is w − 1, see the "
+               f"[notation](notation.md)): {settings.get('samples_per_class')} samples of each class per scale, "
+               f"the same noise at every scale, DDIM {settings.get('num_steps')} steps. Class accuracy: how often "
+               f"the shipped classifier names the class that was asked for; diversity: the mean distance between "
+               f"the classifier's features of two samples of one class "
+               f"([chapter 8](../notebooks/08_classifier_free_guidance.ipynb)).\n")
     fid = {row["scale"]: row for row in data.get("fid", [])}
-    rows = [[num(r["scale"], 1), num(r["w"], 1), num(r["class_accuracy"], 3), num(r["diversity"], 2),
+    fid_n = {row.get("n") for row in fid.values()}
+    fid_head = f"FID ({fid_n.pop():,} samples)" if len(fid_n) == 1 and None not in fid_n else "FID"
+    rows = [[num(r["scale"], 1), num(r["scale"] - 1, 1), num(r["class_accuracy"], 3), num(r["diversity"], 2),
              num(fid[r["scale"]]["fid"], 1) if r["scale"] in fid else "–", num(r.get("sampling_seconds"), 0)]
             for r in data["rows"]]
-    out.append(table(["s", "w", "class accuracy", "diversity", "FID", "sampling s"], rows) + "\n")
+    out.append(table(["w", "Ho & Salimans' weight (w − 1)", "class accuracy", "diversity", fid_head, "sampling s"],
+                     rows) + "\n")
     from diffusion_lib.pipelines.guidance_sweep import plot_guidance_sweep
 
     out.append(page.figure(plot_guidance_sweep(data), "guidance_sweep.png",
-                           "Class accuracy and within-class diversity against the guidance scale."))
+                           "Class accuracy and within-class diversity"
+                           + (" (left), FID (right)," if any(r.get("fid") is not None for r in data["rows"]) else "")
+                           + " against the guidance scale w."))
     out.append(f"Measured on: {machine_line(data.get('machine'))}.\n")
     return "\n".join(out)
 
@@ -395,7 +402,7 @@ def model_cards(page: Page) -> str:
             facts.append(f"test PSNR {card['report']['psnr_db']:.1f} dB, latent scale {card['latent_scale']:.3f}")
         if "guided" in measured:
             g = measured["guided"]
-            facts.append(f"class accuracy {100 * g['class_accuracy']:.1f} % at s = {g['scale']:g} ({g['n']} samples)")
+            facts.append(f"class accuracy {100 * g['class_accuracy']:.1f} % at w = {g['scale']:g} ({g['n']} samples)")
         if "coverage" in measured:
             c = measured["coverage"]
             facts.append(f"smallest class share {100 * c['min_share']:.1f} % of {c['n']} samples")
@@ -415,7 +422,7 @@ def model_cards(page: Page) -> str:
     scored = sorted((card["measured"]["fid"]["fid"], card) for card in cards if "fid" in card.get("measured", {}))
     if scored:
         first = scored[0][1]["measured"]["fid"]
-        listed = ", ".join(f"`{card['name']}` {fid:.1f}" + (f" (s = {card['measured']['fid']['guidance_scale']:g})"
+        listed = ", ".join(f"`{card['name']}` {fid:.1f}" + (f" (w = {card['measured']['fid']['guidance_scale']:g})"
                                                            if card["measured"]["fid"]["guidance_scale"] != 1 else "")
                            for fid, card in scored)
         out.append(f"FID of {first['n']:,} samples against the {first['n_reference']:,} {first['split']} images "

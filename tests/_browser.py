@@ -10,7 +10,11 @@ playwright, which downloads no browser) at 1280 px, served from 127.0.0.1, nothi
 - ``js_error``: an uncaught exception or a console error;
 - ``dead_player``: a ``diffusion_lib.viz.FramePlayer`` whose image and label do not change when its
   slider is moved with the keyboard;
+- ``jumpy_player``: a player whose slider or button moves or changes size when its label changes (the
+  slider would slip away from the reader's pointer during play);
 - ``too_wide``: the page scrolls horizontally (wide tables may scroll inside their own box);
+- ``wide_equation``: a display equation wider than its box, so that the reader sees it cut off at the
+  right and must scroll inside it (a long one is split over lines, ``\\begin{aligned}``);
 - ``machine_path``: an absolute path of somebody's machine in the text.
 
 MathJax is the pinned npm copy scripts/install.sh puts in .cache/npm, served in place of the CDN URL the
@@ -51,6 +55,9 @@ _INSPECT = """async () => {
        .forEach(el => el.remove());
   const math = [...document.querySelectorAll(".math")];
   const page = document.scrollingElement;
+  const tex = new Map();  // typeset element -> its TeX source, to name an equation in the report
+  if (window.MathJax && MathJax.startup && MathJax.startup.document)
+    for (const item of MathJax.startup.document.math) tex.set(item.typesetRoot, item.math.trim());
   return {
     prose: prose.innerText,
     text: document.body.innerText,
@@ -60,10 +67,17 @@ _INSPECT = """async () => {
     images: imgs.map(img => ({src: img.currentSrc || img.src, width: img.naturalWidth})),
     scroll_width: page.scrollWidth, client_width: page.clientWidth,
     players: document.querySelectorAll(".frame-player").length,
+    wide_equations: [...document.querySelectorAll('mjx-container[display="true"]')]
+      .filter(el => el.scrollWidth > el.clientWidth + 1)
+      .map(el => ({hidden: el.scrollWidth - el.clientWidth, box: el.clientWidth, tex: (tex.get(el) || "").slice(0, 80)})),
   };
 }"""
 
 _FRAME = """root => ({src: root.querySelector("img") && root.querySelector("img").src,
+               controls: [...root.querySelectorAll("button, input[type=range]")].map(el => {
+                 const box = el.getBoundingClientRect();
+                 return [el.tagName.toLowerCase(), Math.round(box.left + scrollX), Math.round(box.top + scrollY),
+                         Math.round(box.width), Math.round(box.height)]; }),
                label: root.querySelector(".frame-player-label") && root.querySelector(".frame-player-label").textContent,
                value: root.querySelector("input[type=range]") && root.querySelector("input[type=range]").value,
                max: root.querySelector("input[type=range]") && root.querySelector("input[type=range]").max})"""
@@ -157,9 +171,11 @@ class Browser:
                 "broken_image": [image["src"][:100] for image in seen["images"]
                                  if image["width"] == 0 and not self._foreign(image["src"])],
                 "missing_file": missing,
-                "dead_player": self._dead_players(page),
+                **dict(zip(("dead_player", "jumpy_player"), self._move_players(page))),
                 "too_wide": ([f"the page is {seen['scroll_width']} px wide in a {seen['client_width']} px window"]
                              if seen["scroll_width"] > seen["client_width"] else []),
+                "wide_equation": [f"{eq['hidden']} px of a {eq['box']} px display equation hidden: {eq['tex']!r}"
+                                  for eq in seen["wide_equations"]],
                 "machine_path": [f"{m.group(0)!r} in …{seen['text'][max(0, m.start() - 40):m.end() + 60]!r}…"
                                  for m in MACHINE_PATH.finditer(seen["text"])],
                 "js_error": errors,
@@ -178,10 +194,11 @@ class Browser:
         return not (src.startswith(self.site) or src.startswith("data:"))
 
     @staticmethod
-    def _dead_players(page) -> list[str]:
+    def _move_players(page) -> tuple[list[str], list[str]]:
         """Move every player's slider with the keyboard (End, or Home when it already shows the last
-        frame): a working player shows another image, another label, and the new image loads."""
-        dead = []
+        frame): a working player shows another image, another label, and the new image loads (else it is
+        dead), and its button and slider stay where they were (else it is jumpy)."""
+        dead, jumpy = [], []
         players = page.locator(".frame-player")
         for i in range(players.count()):
             player = players.nth(i)
@@ -202,4 +219,7 @@ class Browser:
                             + ("image" if after["src"] == before["src"] else "label") + " stayed the same")
             elif player.evaluate(_IMAGE_LOADED) == 0:
                 dead.append(f"{name}: frame {after['value']} did not load")
-        return dead
+            if after["value"] != before["value"] and after["controls"] != before["controls"]:
+                jumpy.append(f"{name}: from label {before['label']!r} to {after['label']!r} the controls "
+                             f"(element, left, top, width, height) went from {before['controls']} to {after['controls']}")
+        return dead, jumpy

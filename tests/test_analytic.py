@@ -111,7 +111,7 @@ def test_class_conditional_mixture():
     mixed = model(x_t, t, torch.tensor([0, 1, 2, 0]))
     torch.testing.assert_close(mixed[1], class_1(x_t, t)[1])
     torch.testing.assert_close(mixed[3], class_0(x_t, t)[3])
-    # classifier-free guidance: s = 1 is the conditional model, s = 0 the unconditional one
+    # classifier-free guidance: w = 1 is the conditional model, w = 0 the unconditional one
     y = torch.tensor([0, 1, 0, 1])
     torch.testing.assert_close(classifier_free_guidance(model, 1.0, model.null_label)(x_t, t, y), model(x_t, t, y))
     torch.testing.assert_close(classifier_free_guidance(model, 0.0, model.null_label)(x_t, t, y), model(x_t, t))

@@ -25,7 +25,7 @@ pytest.importorskip("otter", reason="otter-grader (requirements.txt) builds the 
 from _scripts import ROOT, load_script  # noqa: E402
 
 from diffusion_lib.course.assignment_cells import (LINK, SOLUTION_METADATA, SOLUTION_TITLE,  # noqa: E402
-                                                   exercise_problems, marker, questions)
+                                                   exercise_problems, otter_notebook, questions)
 
 grade_assignments = load_script(ROOT / "scripts" / "grade_assignments.py", "grade_assignments")
 make_assignments = load_script(ROOT / "scripts" / "make_assignments.py", "make_assignments")
@@ -181,7 +181,7 @@ def result(assignments, chapter, kind):
 
 
 def test_some_chapters_have_exercises():
-    assert CHAPTERS, "no notebook has an '# ASSIGNMENT CONFIG' cell"
+    assert CHAPTERS, "no notebook has an assignment configuration (notebook metadata 'assignment')"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -242,7 +242,7 @@ def test_the_teachers_page_gives_the_student_link():
 def test_the_chapter_links_its_student_version_on_colab(path):
     nb = nbformat.read(path, as_version=4)
     links = [i for i, c in enumerate(nb.cells) if LINK in c.metadata.get("tags", [])]
-    first_question = next(i for i, c in enumerate(nb.cells) if marker(c) == ("begin", "question"))
+    first_question = questions(nb)[0].cells[0]
     url = colab_url(EXERCISES / path.name)
     assert re.fullmatch(rf"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/exercises/{path.name}", url)
     assert len(links) == 1 and links[0] < first_question, f"one cell tagged '{LINK}', above the exercises"
@@ -327,42 +327,78 @@ def test_init_cell_on_colab(generated, tmp_path):
     assert written == {p.name: p.read_text() for p in tests.glob("*.py") if p.stem != graded}
 
 
-def test_exercise_problems_finds_grading_cells_the_book_would_show_and_unrun_tests():
-    def cell(kind, source, tags=()):
-        new = {"raw": nbformat.v4.new_raw_cell, "code": nbformat.v4.new_code_cell,
-               "markdown": nbformat.v4.new_markdown_cell}[kind]
-        made = new(source, metadata={"tags": list(tags)})
-        if kind == "code":
-            made.execution_count = 1
-        return made
+def _cell(kind, source, tags=(), question=None, part=None, **settings):
+    new = {"raw": nbformat.v4.new_raw_cell, "code": nbformat.v4.new_code_cell,
+           "markdown": nbformat.v4.new_markdown_cell}[kind]
+    made = new(source, metadata={"tags": list(tags)})
+    if question:
+        made.metadata["exercise"] = {"question": question, "part": part, **settings}
+    if kind == "code":
+        made.execution_count = 1
+    return made
 
+
+def _exercise_notebook():
+    """A chapter with one exercise, in the course's format (exercise structure in metadata)."""
     remove = ["remove-cell"]
-    good = [
-        cell("raw", "# ASSIGNMENT CONFIG\nname: demo", remove),
-        cell("raw", "# BEGIN QUESTION\nname: q1\npoints: 1", remove),
-        cell("markdown", "**Exercise 1.** Write `f`."),
-        cell("raw", "# BEGIN SOLUTION", remove),
-        cell("code", f"{SOLUTION_TITLE}\ndef f():\n    return 1  # SOLUTION", ["hide-input"]),
-        cell("raw", "# END SOLUTION", remove),
-        cell("raw", "# BEGIN TESTS", remove),
-        cell("code", "f() == 1", remove),
-        cell("code", "# HIDDEN\nf() + 1 == 2", remove),
-        cell("raw", "# END TESTS", remove),
-        cell("raw", "# END QUESTION", remove),
+    cells = [
+        _cell("markdown", "# Demo"),
+        _cell("markdown", "**Exercise 1.** Write `f`.", (), "q1", "text", points=1),
+        _cell("code", f"{SOLUTION_TITLE}\ndef f():\n    return 1  # SOLUTION", ["hide-input"], "q1", "solution"),
+        _cell("code", "f() == 1", remove, "q1", "test"),
+        _cell("code", "f() + 1 == 2", remove, "q1", "hidden test"),
+        _cell("markdown", "## Summary"),
     ]
-    good[4].metadata.update(SOLUTION_METADATA)
-    nb = nbformat.v4.new_notebook(cells=good)
-    assert exercise_problems(nb) == []
-    assert [(q.name, q.points, q.solution_cells, q.test_cells) for q in questions(nb)] == [("q1", 1, [4], [7, 8])]
+    cells[2].metadata.update(SOLUTION_METADATA)
+    return nbformat.v4.new_notebook(cells=cells, metadata={"assignment": {"name": "demo", "init_cell": True}})
 
-    good[1].metadata["tags"] = []            # a marker cell the book would show
-    good[2].metadata["tags"] = remove        # the exercise's text removed from the book
-    good[4].metadata["tags"] = []            # a solution shown without a toggle
-    good[4].source = good[4].source.split("\n", 1)[1]  # nor the word Solution above it
-    good[8].metadata["tags"] = ["hide-input"]  # a hidden test behind a toggle
-    good[7].execution_count = None           # a test without the output otter takes as expected
-    problems = "\n".join(exercise_problems(nbformat.v4.new_notebook(cells=good[:-1])))
-    for expected in ("cell 1 (# BEGIN QUESTION) is a grading cell", "cell 2 is part of the exercise's text",
-                     "cell 4 is a solution cell: tag it", "cell 4 is a solution cell: label it", "cell 8 is a test cell", "cell 7 is a test cell without its output",
-                     "unclosed otter block(s): question"):
+
+def test_otter_notebook_writes_otter_format_from_the_metadata():
+    nb = _exercise_notebook()
+    assert exercise_problems(nb) == []
+    assert [(q.name, q.points, q.cells, q.solution_cells, q.test_cells) for q in questions(nb)] == [("q1", 1, [1, 2, 3, 4], [2], [3, 4])]
+    otter = otter_notebook(nb)
+    assert [c.source.split("\n")[0] if c.cell_type == "raw" else c.source for c in otter.cells] == [
+        "# ASSIGNMENT CONFIG", "# Demo", "# BEGIN QUESTION", "**Exercise 1.** Write `f`.", "# BEGIN SOLUTION", nb.cells[2].source,
+        "# END SOLUTION", "# BEGIN TESTS", "f() == 1", "# HIDDEN\nf() + 1 == 2", "# END TESTS", "# END QUESTION", "## Summary"]
+    assert otter.cells[0].source == "# ASSIGNMENT CONFIG\nname: demo\ninit_cell: true"
+    assert otter.cells[2].source == "# BEGIN QUESTION\nname: q1\npoints: 1"
+    assert "assignment" not in otter.metadata and not any("exercise" in c.metadata for c in otter.cells)
+    assert "exercise" in nb.cells[1].metadata, "the chapter itself is left as it is"
+
+
+def test_plain_markup_moves_otter_cells_into_metadata_and_back():
+    plain_markup = load_script(ROOT / "scripts" / "plain_markup.py", "plain_markup")
+    otter = otter_notebook(_exercise_notebook())
+    nb = nbformat.reads(nbformat.writes(otter), as_version=4)
+    assert plain_markup.exercises_to_metadata(nb) is True
+    assert [(c.source, c.metadata.get("exercise")) for c in nb.cells] == [
+        (c.source, c.metadata.get("exercise")) for c in _exercise_notebook().cells]
+    assert nb.metadata["assignment"] == {"name": "demo", "init_cell": True}
+    assert plain_markup.exercises_to_metadata(nb) is False  # nothing left to move
+    assert [c.source for c in otter_notebook(nb).cells] == [c.source for c in otter.cells]
+
+
+def test_exercise_problems_finds_grader_markup_and_cells_the_book_would_show():
+    nb = _exercise_notebook()
+    nb.cells[1].metadata["tags"] = ["remove-cell"]  # the exercise's text removed from the book
+    nb.cells[2].metadata["tags"] = []               # a solution shown without a toggle
+    nb.cells[2].source = nb.cells[2].source.split("\n", 1)[1]  # nor the word Solution above it
+    nb.cells[4].metadata["tags"] = ["hide-input"]   # a hidden test behind a toggle
+    nb.cells[3].execution_count = None              # a test without the output otter takes as expected
+    nb.cells.insert(2, _cell("raw", "# BEGIN SOLUTION"))  # otter's marker, which Jupyter shows
+    nb.cells.append(_cell("code", "# HIDDEN\nf() == 1", ["remove-cell"]))
+    nb.cells.append(_cell("code", "f() == 1", ["remove-cell"], "q1", "test"))  # q1 again, after other cells
+    nb.cells.append(_cell("markdown", "More text", (), "q2", "solution", points=2))  # settings away from the text
+    problems = "\n".join(exercise_problems(nb))
+    for expected in ("cell 1 is part of the exercise's text", "cell 2 is otter's '# BEGIN SOLUTION' cell",
+                     "cell 3 is a solution cell: tag it", "cell 3 is a solution cell: label it",
+                     "cell 4 is a test cell without its output", "cell 5 is a test cell: tag it",
+                     "cell 7 starts with '# HIDDEN'", "question q1: its cells must be consecutive",
+                     "question q2: its first cell (cell 9) must be its text", "cell 9 is a Markdown solution"):
         assert expected in problems
+    nb.cells.append(_cell("code", "x", (), "q3", "tests"))
+    assert "metadata 'exercise' must be" in "\n".join(exercise_problems(nb))
+    del nb.metadata["assignment"]
+    nb.cells.pop()
+    assert "the notebook has exercises but no assignment configuration" in "\n".join(exercise_problems(nb))

@@ -34,3 +34,10 @@ def test_config_shows_committed_outputs_and_links_the_repository():
     assert config["repository"]["url"].startswith("https://github.com/")
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert all((ROOT / bib).exists() for bib in config["bibtex_bibfiles"])
+
+
+def test_references_page_lists_every_entry():
+    """The chapters link the papers they cite (Jupyter and Colab show MyST citations as text), so
+    their works reach the references page only through `:all:`."""
+    page = (ROOT / "book" / "references.md").read_text()
+    assert "```{bibliography}\n:all:\n```" in page

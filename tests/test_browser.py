@@ -102,7 +102,8 @@ def _player_html() -> str:
     from diffusion_lib.viz import FramePlayer
 
     frames = [np.roll(np.arange(64, dtype=np.uint8).reshape(8, 8), i, axis=1) for i in range(3)]
-    return FramePlayer(frames, [f"t = {i}" for i in range(3)], title="three frames").html
+    return FramePlayer(frames, ["t = 0", "t = 1", "t = 2, a label much longer than the others"],
+                       title="three frames").html
 
 
 def _page(body: str, mathjax: str) -> str:
@@ -111,9 +112,10 @@ def _page(body: str, mathjax: str) -> str:
             f'</head><body style="margin:0">{body}</body></html>')
 
 
-# A page with a little of everything the book has, each working: typeset math, an image, a player, a wide
-# table in its own scrolling box.
+# A page with a little of everything the book has, each working: typeset math (a display equation that fits its
+# box), an image, a player, a wide table in its own scrolling box.
 GOOD = ('<p>The mean <span class="math">\\(\\sqrt{\\bar\\alpha_t}\\, x_0\\)</span>.</p>'
+        '<div class="math" style="max-width:400px">\\[x_t = \\sqrt{\\bar\\alpha_t}\\, x_0 + \\sqrt{1 - \\bar\\alpha_t}\\, \\varepsilon\\]</div>'
         '<img src="grid.png" alt="grid">{player}'
         '<div style="overflow-x:auto"><table><tr><td style="min-width:3000px">a wide table</td></tr></table></div>')
 FAULTS = {
@@ -122,11 +124,16 @@ FAULTS = {
     "broken_image": ("broken_image", '<img src="no_such_image.png" alt="gone">'),
     "missing_script": ("missing_file", '<script src="no_such_script.js"></script>'),
     "dead_slider": ("dead_player", "{dead_player}"),
+    "jumpy_slider": ("jumpy_player", "{jumpy_player}"),
     "machine_path": ("machine_path", "<p>saved to /work/main/checkpoints/fashion_cfg.pt</p>"),
     "home_path": ("machine_path", "<pre>/home/alice/diffusion/runs/a</pre>"),
     "uncaught_error": ("js_error", "<script>undefined_function()</script>"),
     "console_error": ("js_error", '<script>console.error("something broke")</script>'),
     "too_wide": ("too_wide", '<div style="width:2000px">a figure wider than the window</div>'),
+    # as the book's theme shows one: cut off at the right, scrolling inside its own box
+    "wide_equation": ("wide_equation", '<style>mjx-container[display="true"] { overflow-x: auto }</style>'
+                      '<div class="math" style="max-width:400px">\\[' + " + ".join(f"x_{{{i}}}" for i in range(40))
+                      + '\\]</div>'),
 }
 
 
@@ -140,11 +147,17 @@ def synthetic(tmp_path_factory, chromium_browser):
     # the player whose script does nothing: its markup and frames without the script that moves them
     dead = re.sub(r"<script>.*?</script>", "", other, flags=re.S)
     assert dead != other
+    # the player with its label back inside the slider's row, and no stylesheet: the slider's width follows
+    # the label's length
+    source = _player_html()
+    jumpy = re.sub(r'(<input [^>]*>)</div>(<div class="frame-player-label"[^>]*>[^<]*</div>)', r"\1\2</div>", source)
+    assert jumpy != source
     good = GOOD.replace("{player}", player)
     version = mathjax_version()
     (folder / "good.html").write_text(_page(good, version))
     for name, (_, fault) in FAULTS.items():
-        (folder / f"{name}.html").write_text(_page(good + fault.replace("{dead_player}", dead), version))
+        fault = fault.replace("{dead_player}", dead).replace("{jumpy_player}", jumpy)
+        (folder / f"{name}.html").write_text(_page(good + fault, version))
     with FolderServer(folder) as server:
         browser = Browser(chromium_browser, server.url)
         try:
@@ -157,7 +170,7 @@ def test_a_page_with_everything_working_passes(synthetic):
     url, browser = synthetic
     problems, info = browser.check_page(url + "good.html")
     assert problems == {}
-    assert info["players"] == 1 and info["math"] == 1 and info["images"] == 2
+    assert info["players"] == 1 and info["math"] == 2 and info["images"] == 2
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))

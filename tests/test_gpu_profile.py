@@ -59,7 +59,7 @@ def one_step(config, output_dir, **kw):
 
 
 def sample_one_step(checkpoint, y=None):
-    """One DDIM step of the trained diffusion model (guided with s = 3 when `y` is given)."""
+    """One DDIM step of the trained diffusion model (guided with w = 3 when `y` is given)."""
     model, schedule, info = load_model(checkpoint)
     if y is not None:
         model = classifier_free_guidance(model, 3.0, info["null_label"])

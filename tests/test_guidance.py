@@ -1,4 +1,4 @@
-"""Classifier-free guidance: ε̃ = ε_u + s(ε_c − ε_u), one batched forward, s = 0 / 1 / linear in s."""
+"""Classifier-free guidance: ε̃ = ε_u + w(ε_c − ε_u), one batched forward, w = 0 / 1 / linear in w."""
 
 import pytest
 import torch
@@ -42,14 +42,14 @@ def test_scale_zero_is_unconditional_and_one_is_conditional(setup):
         assert torch.allclose(classifier_free_guidance(model, 1.0, NULL)(x, t, y), cond, atol=1e-6)
 
 
-def test_linear_in_the_scale_and_ho_salimans_w(setup):
+def test_linear_in_the_scale_and_ho_salimans_weight(setup):
     model, x, t, y, cond, uncond = setup
     with torch.no_grad():
-        for s in (0.5, 3.0, 7.5):
-            guided = classifier_free_guidance(model, s, NULL)(x, t, y)
-            assert torch.allclose(guided, uncond + s * (cond - uncond), atol=1e-5)
-            w = s - 1  # Ho & Salimans 2022, eq. 6: (1 + w) ε_c − w ε_u
-            assert torch.allclose(guided, (1 + w) * cond - w * uncond, atol=1e-5)
+        for w in (0.5, 3.0, 7.5):  # the course's guidance scale w (Saharia et al. 2022, diffusers)
+            guided = classifier_free_guidance(model, w, NULL)(x, t, y)
+            assert torch.allclose(guided, uncond + w * (cond - uncond), atol=1e-5)
+            weight = w - 1  # Ho & Salimans 2022, eq. 6: (1 + weight) ε_c − weight ε_u
+            assert torch.allclose(guided, (1 + weight) * cond - weight * uncond, atol=1e-5)
 
 
 def test_one_batched_forward(setup):

@@ -110,6 +110,29 @@ def test_check_refuses_widgets_and_progress_bars_even_in_marked_cells(tmp_path):
     assert check_notebook(path) == []
 
 
+def test_check_refuses_myst_markup_that_jupyter_and_colab_show_as_text(tmp_path):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    setup = nbformat.v4.new_code_cell(first_cell_source(), metadata={"tags": ["setup", "hide-input"]})
+    params = nbformat.v4.new_code_cell("profile = get_profile()", metadata={"tags": ["parameters"]}, execution_count=1)
+    shape = nbformat.v4.new_code_cell("x.shape", execution_count=2)
+    shape.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "torch.Size([2, 3])"}, execution_count=2)]
+    plain = nbformat.v4.new_markdown_cell("As [Ho et al. (2020)](https://arxiv.org/abs/2006.11239) show, $\\hat{x}_0$ "
+                                          "and `x[{i}]`.\n\n```python\nprint(f\"{cite:t}`{key}`\")\n```")
+    nb.cells = [plain, setup, params, shape]
+    path = tmp_path / "03_demo.ipynb"
+    nbformat.write(nb, path)
+    assert check_notebook(path) == []  # links, LaTeX and code (even code that writes a role) are fine
+
+    myst = ["As {cite:t}`ho2020denoising` show.", "```{note}\nA note.\n```", ":::{dropdown} Solution\nx\n:::",
+            "(models)=\n## Models", "$$x = 1$$ (eq-one)"]
+    nb.cells[4:] = [nbformat.v4.new_markdown_cell(source) for source in myst]
+    nbformat.write(nb, path)
+    problems = check_notebook(path)
+    assert [p.split(" (", 1)[0] for p in problems] == ["cell 4 has a MyST role", "cell 5 has a MyST directive",
+                                                       "cell 6 has a MyST directive", "cell 7 has a MyST target",
+                                                       "cell 8 has a MyST equation label"]
+    assert "({cite:t}`)" in problems[0] and "Jupyter and Colab show as text" in problems[0]
+
 def _resolves(dotted: str) -> bool:
     """Whether ``dotted`` (``diffusion_lib.x.y``) names a module or an attribute reachable from one."""
     import importlib

@@ -113,6 +113,19 @@ def test_frame_player_embeds_every_frame_and_its_label():
     assert not plt.get_fignums()  # the figures were closed once rendered
 
 
+def test_frame_player_keeps_its_label_out_of_the_slider_row():
+    import re
+
+    from diffusion_lib.viz import FramePlayer
+
+    # a label of changing length beside the slider would resize it during play (tests/test_browser.py
+    # checks the layout itself in Chromium)
+    player = FramePlayer([np.zeros((2, 2), np.uint8)] * 2, ["t = 0", "t = 999, a longer label"])
+    row = re.search(r'<div class="frame-player-controls"[^>]*>(.*?)</div>', player.html).group(1)
+    assert "<input" in row and "<button" in row and "frame-player-label" not in row
+    assert "white-space:nowrap" in row
+
+
 @pytest.mark.parametrize("frames, labels, kwargs, match", [
     ([], [], {}, "frames must not be empty"),
     ([np.zeros((2, 2), np.uint8)], ["a", "b"], {}, "one label per frame"),

@@ -10,8 +10,11 @@
 - No widget is saved, neither as an output nor as the notebook's widget state, and no progress bar
   (a tqdm widget or its text): the static book has no kernel to drive a widget, and a progress bar
   tells a reader nothing. Interactive figures are precomputed players (``viz.FramePlayer``).
-- Exercises (otter-grader's format): the book shows their text and, behind a toggle, their
-  solutions, never the grading cells (``assignment_cells.exercise_problems``).
+- Its Markdown reads the same in the book, Jupyter and Colab: no MyST role (``{cite:t}`key```),
+  directive (```` ```{note} ````) or target (``(label)=``), which only the book renders; cite with a
+  Markdown link (scripts/plain_markup.py rewrites citations).
+- Exercises (for otter-grader, in cell metadata): the book shows their text and, behind a toggle,
+  their solutions, never the tests; no reader sees otter's markers (``assignment_cells.exercise_problems``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ RUN_DEPENDENT = {
 # A folder of one machine (a user's, a temporary or a server's one): never in a committed output, marked or not,
 # because the book shows every output. System folders such as /usr/share/... are the same everywhere.
 MACHINE_PATH = re.compile(r"(^|[\s'\"(])/(home|root|tmp|work|content|Users)/[^\s'\")]*")
+
+# MyST markup that the book renders and Jupyter and Colab show as it is written.
+MYST_MARKUP = {
+    "a MyST role": re.compile(r"(?<![\w\\`])\{[a-z][\w:+-]*\}`"),
+    "a MyST directive": re.compile(r"^[ \t]*(`{3,}|~{3,}|:{3,})[ \t]*\{", re.MULTILINE),
+    "a MyST target": re.compile(r"^[ \t]*\([\w.:-]+\)=[ \t]*$", re.MULTILINE),
+    "a MyST equation label": re.compile(r"\$\$[ \t]*\([\w.:-]+\)"),
+}
+# A fenced block of code (not a directive): its text is shown as code everywhere.
+CODE_BLOCK = re.compile(r"^[ \t]*(`{3,}|~{3,})(?![ \t]*\{).*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 # A tqdm bar as text ("encode:  40%|████      | 4/10 [00:01<00:02, 3.1it/s]"): never in a committed output.
@@ -113,6 +126,15 @@ def check_notebook(path: Path) -> list[str]:
         problems.append(f"{len(parameters)} cells tagged 'parameters'; exactly one must read the profile")
     elif "get_profile()" not in parameters[0].source:
         problems.append("the 'parameters' cell must read the profile with get_profile()")
+
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            text = CODE_BLOCK.sub("", cell.source)
+            for name, rx in MYST_MARKUP.items():
+                found = rx.search(text)
+                if found:
+                    problems.append(f"cell {i} has {name} ({found.group(0).strip()}), which Jupyter and Colab show as "
+                                    f"text: write plain Markdown, e.g. a link to cite (scripts/plain_markup.py rewrites citations and targets)")
 
     compared = 0
     for i, cell in code:

@@ -1,14 +1,14 @@
-"""The guidance sweep of the classifier-free guidance chapter: fidelity and diversity against the scale s.
+"""The guidance sweep of the classifier-free guidance chapter: fidelity and diversity against the scale w.
 
-For each guidance scale s, :func:`guidance_sweep` draws the same number of samples of every class
-with ε̃ = ε_u + s·(ε_c − ε_u) (:func:`~diffusion_lib.samplers.classifier_free_guidance`; s = 0 is
-unconditional, s = 1 conditional, Ho & Salimans' w = s − 1), from the *same* initial noise at every
-scale, and measures with a trained classifier:
+For each guidance scale w, :func:`guidance_sweep` draws the same number of samples of every class
+with ε̃ = ε_u + w·(ε_c − ε_u) (:func:`~diffusion_lib.samplers.classifier_free_guidance`; w = 0 is
+unconditional, w = 1 conditional; Ho & Salimans' own weight is w − 1), from the *same* initial noise
+at every scale, and measures with a trained classifier:
 
-- class accuracy: the fraction of samples of class c that the classifier assigns to c (fidelity to
-  the condition; it rises with s);
+- class accuracy: the fraction of samples of class y that the classifier assigns to y (fidelity to
+  the condition; it rises with w);
 - diversity: the mean pairwise distance of the classifier's penultimate features within a class,
-  averaged over classes (it falls with s);
+  averaged over classes (it falls with w);
 - optionally FID against reference statistics (``fid_reference``, e.g. ``metrics.reference_stats``)
   at the scales in ``fid_scales``.
 
@@ -18,6 +18,7 @@ sees decoded images. Notebooks and ``benchmarks/guidance_sweep.py`` both call th
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +36,10 @@ DEFAULT_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)
 @dataclass
 class GuidanceSweepResult:
     """One row per scale (``rows``), a grid of samples per scale (``grids``: ``grid_per_class`` rows,
-    one class per column, [-1, 1] images) and the settings that produced them."""
+    one class per column, [-1, 1] images) and the settings that produced them.
+
+    A row's ``scale`` is the guidance scale w and its ``ho_salimans_weight`` is Ho & Salimans' own
+    weight, w − 1."""
 
     rows: list[dict]
     grids: dict[float, torch.Tensor] = field(repr=False)
@@ -53,22 +57,60 @@ class GuidanceSweepResult:
         return {"settings": self.settings, "rows": self.rows}
 
     def table(self) -> str:
-        """A Markdown table: s, w = s − 1, class accuracy, diversity (and FID where measured)."""
-        with_fid = any(row.get("fid") is not None for row in self.rows)
-        head = "| s | w = s − 1 | class accuracy | diversity |" + (" FID |" if with_fid else "")
-        lines = [head, "|" + "---|" * (head.count("|") - 1)]
-        for row in self.rows:
-            line = (f"| {row['scale']:g} | {row['scale'] - 1:g} | {row['class_accuracy']:.3f} | "
-                    f"{row['diversity']:.3f} |")
-            if with_fid:
-                line += f" {row['fid']:.1f} |" if row.get("fid") is not None else " |"
-            lines.append(line)
+        """A Markdown table (for consoles and Markdown files): see :func:`sweep_table`."""
+        head, body = sweep_table(self)
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
+
+    def table_html(self) -> str:
+        """The same table as HTML, which Jupyter, Colab and the book all render as a table
+        (``IPython.display.HTML(result.table_html())``)."""
+        return table_html(*sweep_table(self))
+
+
+def sweep_table(result: GuidanceSweepResult | dict) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows: w, Ho & Salimans' w − 1, class accuracy, diversity, and FID where
+    measured (with its sample size). ``result``: a sweep or its JSON form (``to_dict``)."""
+    rows = result.rows if isinstance(result, GuidanceSweepResult) else result["rows"]
+    fid_n = _fid_samples(rows)
+    head = ["w", "w − 1 (Ho & Salimans)", "class accuracy", "diversity"]
+    if fid_n is not None:
+        head.append(f"FID ({fid_n:,} samples)")
+    body = []
+    for row in rows:
+        cells = [f"{row['scale']:g}", f"{row['scale'] - 1:g}", f"{row['class_accuracy']:.3f}",
+                 f"{row['diversity']:.3f}"]
+        if fid_n is not None:
+            cells.append(f"{row['fid']:.1f}" if row.get("fid") is not None else "")
+        body.append(cells)
+    return head, body
+
+
+def table_html(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A plain HTML table (numbers right-aligned), escaped."""
+    def cells(tag, values):
+        return "".join(f'<{tag} style="text-align:right">{html.escape(v)}</{tag}>' for v in values)
+
+    rows = "".join(f"<tr>{cells('td', row)}</tr>" for row in body)
+    return f"<table><thead><tr>{cells('th', head)}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _fid_samples(rows: Sequence[dict]) -> int | None:
+    """The number of generated samples the FID values were computed from (each row's ``fid_n``, not the
+    sweep's ``n``: the benchmark computes FID from a larger run); None without FID."""
+    sizes = {row.get("fid_n") for row in rows if row.get("fid") is not None}
+    if not sizes:
+        return None
+    if len(sizes) > 1 or None in sizes:
+        raise ValueError(f"every row with an FID must give its sample size as fid_n, one size for the sweep; "
+                         f"got {sorted(map(str, sizes))}")
+    return sizes.pop()
 
 
 def _check_scales(scales) -> list[float]:
-    scales = [float(s) for s in scales]
-    if not scales or any(not math.isfinite(s) or s < 0 for s in scales):
+    scales = [float(w) for w in scales]
+    if not scales or any(not math.isfinite(w) or w < 0 for w in scales):
         raise ValueError(f"scales must be finite numbers >= 0, got {scales}")
     return scales
 
@@ -129,13 +171,14 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
             passed as ``null_label``, ``num_classes``, ``image_shape`` (the shape the sampler draws:
             latents for a latent model).
         classifier: scores decoded images (``models.Classifier``: logits and ``features``).
-        scales: guidance scales s >= 0 (s = 0 unconditional, 1 conditional; w = s − 1).
+        scales: guidance scales w >= 0 (w = 0 unconditional, 1 conditional; Ho & Salimans' weight w − 1).
         samples_per_class: samples of each class per scale (the issue's 1,000 per scale = 100 × 10).
         sampler, num_steps, sampler_kwargs: the sampler by name ("ddpm" ignores num_steps).
         decode: latents -> images in [-1, 1], for latent models.
         grid_per_class: samples per class kept for the grid of each scale.
         fid_scales, fid_reference, fid_extractor: FID of that scale's samples against
-            ``fid_reference`` (FeatureStats, FeatureSet or images), e.g. FID-2k at s = 0, 1, 3.
+            ``fid_reference`` (FeatureStats, FeatureSet or images), e.g. FID-2k at w = 0, 1, 3. A row
+            with FID records its sample size as ``fid_n``.
     """
     scales = _check_scales(scales)
     fid_scales = _check_scales(fid_scales) if fid_scales else []
@@ -162,23 +205,24 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
     grid_index = torch.tensor([c * samples_per_class + r for r in range(grid_per_class) for c in range(num_classes)])
 
     rows, grids = [], {}
-    for s in scales:
+    for w in scales:
         start = time.perf_counter()
-        images = sample_classes(model, schedule, labels, guidance_scale=s, null_label=null_label,
+        images = sample_classes(model, schedule, labels, guidance_scale=w, null_label=null_label,
                                 shape=tuple(image_shape), sampler=sampler, batch_size=batch_size, seed=seed,
                                 decode=decode, device=device, progress=progress, **sampler_kwargs)
         seconds = time.perf_counter() - start
         logits_kw = dict(batch_size=batch_size)
         accuracy = class_accuracy(images, labels, classifier, **logits_kw)
         diversity = within_class_diversity(classifier_features(classifier, images, **logits_kw), labels)
-        row = {"scale": s, "w": s - 1, "class_accuracy": accuracy, "diversity": diversity["mean"],
+        row = {"scale": w, "ho_salimans_weight": w - 1, "class_accuracy": accuracy, "diversity": diversity["mean"],
                "diversity_per_class": diversity["per_class"], "n": len(labels), "sampling_seconds": seconds,
                "fid": None}
-        if s in fid_scales:
+        if w in fid_scales:
             result = fid(images, fid_reference, extractor=fid_extractor, progress=progress)
-            row.update(fid=result.fid, fid_extractor=result.extractor, fid_reference_n=result.n_reference)
+            row.update(fid=result.fid, fid_extractor=result.extractor, fid_n=len(images),
+                       fid_reference_n=result.n_reference)
         rows.append(row)
-        grids[s] = images[grid_index]
+        grids[w] = images[grid_index]
     settings = {"samples_per_class": samples_per_class, "num_classes": num_classes, "null_label": null_label,
                 "sampler": sampler, "num_steps": num_steps if sampler != "ddpm" else schedule.num_timesteps,
                 "prediction_type": prediction_type, "seed": seed, "latent": decode is not None,
@@ -187,28 +231,30 @@ def guidance_sweep(model, schedule, classifier, *, scales: Sequence[float] = DEF
 
 
 def plot_guidance_sweep(result: GuidanceSweepResult | dict, ax=None):
-    """Class accuracy and diversity (and FID where measured) against s; returns the Figure."""
+    """Class accuracy and diversity (and FID where measured, with the number of samples it used)
+    against the guidance scale w; returns the Figure."""
     import matplotlib.pyplot as plt
 
     rows = result.rows if isinstance(result, GuidanceSweepResult) else result["rows"]
-    s = [r["scale"] for r in rows]
+    w = [r["scale"] for r in rows]
+    fid_n = _fid_samples(rows)
     with_fid = [r for r in rows if r.get("fid") is not None]
     if ax is None:
         fig, axes = plt.subplots(1, 2 if with_fid else 1, figsize=(9 if with_fid else 5, 3.2), squeeze=False)
         ax = axes[0, 0]
     else:
         fig, axes = ax.figure, None
-    ax.plot(s, [r["class_accuracy"] for r in rows], "o-", color="C0", label="class accuracy")
-    ax.set_xlabel("guidance scale s  (w = s − 1)")
+    ax.plot(w, [r["class_accuracy"] for r in rows], "o-", color="C0", label="class accuracy")
+    ax.set_xlabel("guidance scale w")
     ax.set_ylabel("class accuracy", color="C0")
     ax.set_ylim(0, 1.02)
     twin = ax.twinx()
-    twin.plot(s, [r["diversity"] for r in rows], "s--", color="C1", label="diversity")
+    twin.plot(w, [r["diversity"] for r in rows], "s--", color="C1", label="diversity")
     twin.set_ylabel("within-class feature distance", color="C1")
     if with_fid and axes is not None:
         axes[0, 1].plot([r["scale"] for r in with_fid], [r["fid"] for r in with_fid], "o-", color="C2")
-        axes[0, 1].set_xlabel("guidance scale s")
-        axes[0, 1].set_ylabel(f"FID ({with_fid[0]['n']} samples)")
+        axes[0, 1].set_xlabel("guidance scale w")
+        axes[0, 1].set_ylabel(f"FID ({fid_n:,} samples)")
     fig.tight_layout()
     return fig
 
