@@ -19,6 +19,7 @@ from _train_utils import one_thread
 from diffusion_lib.metrics import chord_deviation
 
 bench = load_script(ROOT / "benchmarks" / "flow_vs_diffusion.py", "bench_flow_vs_diffusion")
+render_results = load_script(ROOT / "scripts" / "render_results.py", "render_results_flow")
 
 
 def tiny_checkpoint(path: Path, objective: str, seed: int = 0) -> Path:
@@ -107,6 +108,14 @@ def test_flow_vs_diffusion_end_to_end_and_resumed(tmp_path, monkeypatch):
         assert unchanged == (p["model"] == "ddpm")
     assert again["straightness"]["flow_euler"]["checkpoint_sha256"] != straight["flow_euler"]["checkpoint_sha256"]
     assert len(again["commands"]) == 3
+
+    # the results page: one table row per point with its FID, the straightness table, the figure
+    page = render_results.render(out.parent, tmp_path / "book").read_text()
+    section = page.split("## Flow matching against diffusion at few model calls")[1].split("\n## ")[0]
+    for p in again["points"]:
+        assert f"| {p['steps']} | {p['model_calls']:g} | 6 | {p['fid']:,.1f} |" in section
+    assert f"| 4 | 5 | {again['straightness']['flow_euler']['mean']:.3f} |" in section
+    assert (tmp_path / "book" / "_static" / "results" / "flow_vs_diffusion.png").is_file()
 
 
 def test_same_noise_for_every_arm(tmp_path):
