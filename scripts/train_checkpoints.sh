@@ -27,9 +27,10 @@ train() {  # train <config>: resume or start runs/<its output_dir>
     "$PYTHON" -m diffusion_lib train --config "configs/$1.yaml" "${DEVICE_SET[@]}" --resume > "runs/logs/$1.log" 2>&1
 }
 
-# About 2 h 40 min and 2 h 50 min on one core each. Lane 1's latent DDPM needs lane 2's VAE, which is
-# done about 1 h 30 min before lane 1 gets there (without it, training stops with an error naming it).
-lane1() { train fashion_classifier && train fashion_cpu && train fashion_latent; }
+# About 2 h 40 min and 2 h 50 min on one core each, then chapter 11's flow-matching twin of fashion_cpu
+# (about 1 h 55 min more on lane 1). Lane 1's latent DDPM needs lane 2's VAE, which is done about
+# 1 h 30 min before lane 1 gets there (without it, training stops with an error naming it).
+lane1() { train fashion_classifier && train fashion_cpu && train fashion_latent && train fashion_flow_cpu; }
 lane2() { train fashion_vae && train fashion_latent_cfg && train fashion_cpu_cosine; }
 
 if [ "$DEVICE" = cpu ]; then
@@ -54,6 +55,8 @@ ship fashion_ddpm_linear "$(last runs/fashion_cpu)" fashion_cpu --fp16
 ship fashion_ddpm_cosine "$(last runs/fashion_cpu_cosine)" fashion_cpu_cosine --fp16
 ship fashion_latent_ddpm "$(last runs/fashion_latent)" fashion_latent --fp16
 ship fashion_cfg "$(last runs/fashion_latent_cfg)" fashion_latent_cfg --fp16
+ship fashion_ddpm_cpu "$(last runs/fashion_cpu)" fashion_cpu --fp16  # chapter 11: a DDPM and a flow model
+ship fashion_flow "$(last runs/fashion_flow_cpu)" fashion_flow_cpu --fp16  # trained alike
 
 fid=()
 [ "${FID:-0}" = 1 ] && fid=(--fid)
@@ -61,4 +64,6 @@ fid=()
 "$PYTHON" scripts/measure_model.py fashion_ddpm_cosine --fp32 "$(last runs/fashion_cpu_cosine)" "${fid[@]}"
 "$PYTHON" scripts/measure_model.py fashion_latent_ddpm --fp32 "$(last runs/fashion_latent)" "${fid[@]}"
 "$PYTHON" scripts/measure_model.py fashion_cfg --fp32 "$(last runs/fashion_latent_cfg)" "${fid[@]}"
+"$PYTHON" scripts/measure_model.py fashion_ddpm_cpu --fp32 "$(last runs/fashion_cpu)" "${fid[@]}"
+"$PYTHON" scripts/measure_model.py fashion_flow --fp32 "$(last runs/fashion_flow_cpu)" "${fid[@]}"
 du -ch checkpoints/*.pt | tail -n 1
