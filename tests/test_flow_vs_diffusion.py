@@ -129,3 +129,28 @@ def test_same_noise_for_every_arm(tmp_path):
     assert calls == 1 and torch.allclose(images, expected.clamp(-1, 1), atol=1e-5)  # batches of 2 against 5: round-off
     with pytest.raises(SystemExit, match="flow checkpoint"):
         bench.load(tiny_checkpoint(tmp_path / "d.pt", "diffusion"), "flow", "cpu")
+
+
+def test_two_processes_share_the_results_file(tmp_path, monkeypatch):
+    """Two runs of different arms at once (threads here, processes on a machine) keep each other's points."""
+    import threading
+
+    monkeypatch.setenv("DIFFUSION_CACHE", str(tmp_path / "cache"))
+    ddpm, flow = tiny_checkpoint(tmp_path / "ddpm.pt", "diffusion"), tiny_checkpoint(tmp_path / "flow.pt", "flow", 1)
+    out = tmp_path / "shared.json"
+    common = ["--ddpm", str(ddpm), "--flow", str(flow), "--calls", "2", "3", "4", "--n", "4", "--batch-size", "4",
+              "--fid-reference", "8", "--extractor", "random-projection-64", "--device", "cpu", "--out", str(out),
+              "--parts", "fid"]
+    codes = []
+    lanes = [threading.Thread(target=lambda arm=arm: codes.append(bench.main([*common, "--arms", arm])))
+             for arm in ("ddim", "flow_euler")]
+    with one_thread():
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            lane.join()
+    data = json.loads(out.read_text())
+    assert codes == [0, 0]
+    assert sorted((p["arm"], p["steps"]) for p in data["points"]) == [
+        ("ddim", 2), ("ddim", 3), ("ddim", 4), ("flow_euler", 2), ("flow_euler", 3), ("flow_euler", 4)]
+    assert len(data["commands"]) == 2
