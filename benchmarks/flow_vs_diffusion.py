@@ -32,7 +32,8 @@ about 6.5; measured on 64 samples of the fashion_small UNet): about 33 ms per mo
 (cached afterwards), straightness over 256 samples) therefore takes about 3.1 + 2.3 + 1.5 + 0.2 ≈ 7 hours
 there, less on an idle machine; a GPU samples in minutes.
 
-Defaults: the latest checkpoints of runs/fashion_cpu and runs/fashion_flow_cpu. Every finished point is
+Defaults: the shipped ``fashion_ddpm_cpu`` and ``fashion_flow``, those two runs' EMA weights (fetched when
+not in checkpoints/ or the cache); ``--ddpm``/``--flow`` take any checkpoint file. Every finished point is
 written to ``--out`` (default benchmarks/results/flow_vs_diffusion.json) at once, with both checkpoints'
 sha256; a rerun skips points already there with the same checkpoint, n, seed, extractor and reference, so
 an interrupted run resumes.
@@ -83,7 +84,8 @@ def load(path: Path, objective: str, device):
                          f"{objective} checkpoint")
     if info["num_classes"] is not None or info.get("vae"):
         raise SystemExit(f"{path}: the comparison takes unconditional pixel-space models")
-    described = {"checkpoint": str(path), "sha256": file_digest(path), "step": info["step"],
+    shown = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path  # no machine's path
+    described = {"checkpoint": str(shown), "sha256": file_digest(path), "step": info["step"],
                  "objective": objective, "prediction_type": info["prediction_type"]}
     return model, schedule, info, described
 
@@ -115,8 +117,8 @@ def draw(model, schedule, info, sampler: str, steps: int, noise: torch.Tensor, b
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--ddpm", type=Path, default=None, help="diffusion checkpoint (default: latest of runs/fashion_cpu)")
-    p.add_argument("--flow", type=Path, default=None, help="flow checkpoint (default: latest of runs/fashion_flow_cpu)")
+    p.add_argument("--ddpm", default="fashion_ddpm_cpu", help="diffusion checkpoint: a file or a shipped model's name")
+    p.add_argument("--flow", default="fashion_flow", help="flow checkpoint: a file or a shipped model's name")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=tuple(ARMS))
     p.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50], help="nominal model calls per sample")
     p.add_argument("--n", type=int, default=1000, help="samples per point")
@@ -154,7 +156,7 @@ def update(out: Path, change) -> dict:
 
 
 def main(argv=None) -> int:
-    from diffusion_lib.checkpoint import latest_checkpoint
+    from diffusion_lib.course.pretrained import resolve_checkpoint
     from diffusion_lib.device import pick_device
     from diffusion_lib.metrics import chord_deviation, extract_features, fid_from_stats, get_extractor, reference_stats
     from diffusion_lib.pipelines.evaluate import dataset_options
@@ -164,11 +166,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    paths = {"ddpm": args.ddpm or latest_checkpoint(REPO / "runs" / "fashion_cpu"),
-             "flow": args.flow or latest_checkpoint(REPO / "runs" / "fashion_flow_cpu")}
-    if None in paths.values():
-        raise SystemExit("no checkpoint: pass --ddpm and --flow, or train configs/fashion_cpu.yaml and "
-                         "configs/fashion_flow_cpu.yaml first")
+    try:
+        paths = {"ddpm": resolve_checkpoint(args.ddpm), "flow": resolve_checkpoint(args.flow)}
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     models = {name: load(Path(path), "flow" if name == "flow" else "diffusion", device) for name, path in paths.items()}
     infos = {name: m[2] for name, m in models.items()}
     if infos["ddpm"]["image_shape"] != infos["flow"]["image_shape"] or \

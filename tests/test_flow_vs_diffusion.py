@@ -154,3 +154,9 @@ def test_two_processes_share_the_results_file(tmp_path, monkeypatch):
     assert sorted((p["arm"], p["steps"]) for p in data["points"]) == [
         ("ddim", 2), ("ddim", 3), ("ddim", 4), ("flow_euler", 2), ("flow_euler", 3), ("flow_euler", 4)]
     assert len(data["commands"]) == 2
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="nope.pt"):
+        bench.main(["--ddpm", str(tmp_path / "nope.pt"), "--flow", str(tmp_path / "nope.pt"), "--out",
+                    str(tmp_path / "out.json")])
