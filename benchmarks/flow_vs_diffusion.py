@@ -21,16 +21,14 @@ noises, the mean distance of the visited states from the chord x_T → x_0 over 
 
     nice python benchmarks/flow_vs_diffusion.py --threads 1 --n 1000 > runs/logs/flow_vs_diffusion.log 2>&1
     # on 2 cores: two processes of one thread each, sharing the results file (each point merges into it)
-    python benchmarks/flow_vs_diffusion.py --threads 1 --arms ddim dpm_solver --parts fid &
-    python benchmarks/flow_vs_diffusion.py --threads 1 --arms flow_euler flow_heun --parts fid straightness
+    python benchmarks/flow_vs_diffusion.py --threads 1 --n 500 --arms ddim dpm_solver --parts fid straightness &
+    python benchmarks/flow_vs_diffusion.py --threads 1 --n 500 --arms flow_euler flow_heun --parts fid
     python benchmarks/flow_vs_diffusion.py --ddpm CKPT --flow CKPT --calls 5 10 --n 200   # a quick look
 
-Run time on the 2-core development machine (one torch thread, beside two training runs, load average
-about 6.5; measured on 64 samples of the fashion_small UNet): about 33 ms per model call per image and
-0.52 s per image for the Inception features. The default study (4 arms × 4 budgets, 1,000 samples per point:
-339 calls per sample summed over the points, 16,000 images scored, the 10,000 test images' statistics once
-(cached afterwards), straightness over 256 samples) therefore takes about 3.1 + 2.3 + 1.5 + 0.2 ≈ 7 hours
-there, less on an idle machine; a GPU samples in minutes.
+Run time on the 2-core development machine, measured 2026-12-05: ``--n 500`` as two processes of one thread
+each (the two ``--arms`` pairs above), 38 minutes for all 16 points and the straightness; sampling took
+83 model calls per second per process, and the Inception features about 200 s per 500 images. The test
+set's statistics are computed once and cached (about 20 minutes on 2 cores). ``--n 1000`` doubles it.
 
 Defaults: the shipped ``fashion_ddpm_cpu`` and ``fashion_flow``, those two runs' EMA weights (fetched when
 not in checkpoints/ or the cache); ``--ddpm``/``--flow`` take any checkpoint file. Every finished point is

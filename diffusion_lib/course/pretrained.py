@@ -54,7 +54,7 @@ MANIFEST = Path(__file__).with_name("shipped_models.json")
 
 #: The shipped models the chapters look for.
 NAMES = ("fashion_ddpm_linear", "fashion_ddpm_cosine", "fashion_vae", "fashion_latent_ddpm", "fashion_cfg",
-         "fashion_classifier")
+         "fashion_classifier", "fashion_ddpm_cpu", "fashion_flow")
 
 
 def checkpoint_dirs() -> list[Path]:
