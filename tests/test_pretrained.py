@@ -9,7 +9,7 @@ import pytest
 import torch
 from _train_utils import one_thread, tiny_config
 
-from diffusion_lib import NoiseSchedule
+from diffusion_lib import NoiseSchedule, download
 from diffusion_lib.course import pretrained
 from diffusion_lib.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_lib.training import train
@@ -179,8 +179,6 @@ def test_saved_samples_are_read_back_only_for_their_checkpoint(tmp_path):
 def test_measure_model_samples_a_flow_checkpoint_with_flow_euler(tmp_path, monkeypatch, capsys):
     """scripts/measure_model.py on a flow-matching model: Euler, 50 steps, no clipping; class coverage and the
     fp16 check (against itself: no difference) written into its card beside it."""
-    import json
-
     from _scripts import load_script
 
     from diffusion_lib.checkpoint import save_checkpoint
@@ -199,7 +197,8 @@ def test_measure_model_samples_a_flow_checkpoint_with_flow_euler(tmp_path, monke
     path = save_checkpoint(folder / "fashion_flow.pt", {
         "model": net.state_dict(), "model_config": config.to_dict(), "step": 1, "objective": "flow",
         "flow_path": FlowPath(20).to_dict(), "config": {"dataset": "fashion_mnist"}})
-    (folder / "fashion_flow.json").write_text("{}")
+    # not the shipped fashion_flow: its card records its own sha256, as a freshly trained model's does
+    (folder / "fashion_flow.json").write_text(json.dumps({"sha256": download.sha256_of(path)}))
     monkeypatch.setenv("DIFFUSION_CHECKPOINTS", str(folder))
     calls = []
     real = measure_model.generate
