@@ -475,7 +475,8 @@ def model_cards(page: Page) -> str:
                            for fid, card in scored)
         out.append(f"FID of {first['n']:,} samples against the {first['n_reference']:,} {first['split']} images "
                    f"(extractor {first['extractor']}), best first: {listed}. Samples as each card's `measured.sampler` "
-                   f"says (DDIM, 50 steps, EMA weights; pixel models with x̂0 clipped).\n")
+                   f"says (diffusion models: DDIM, 50 steps, EMA weights, pixel models with x̂0 clipped; flow models: "
+                   f"Euler, 50 steps, no clipping).\n")
     return "\n".join(out)
 
 
