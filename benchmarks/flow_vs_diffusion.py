@@ -27,7 +27,7 @@ noises, the mean distance of the visited states from the chord x_T → x_0 over 
 
 Run time on the 2-core development machine, measured 2026-12-05: ``--n 500`` as two processes of one thread
 each (the two ``--arms`` pairs above), 38 minutes for all 16 points and the straightness; sampling took
-83 model calls per second per process, and the Inception features about 200 s per 500 images. The test
+83 model calls per second per process, and the Inception features 103-156 s per 500 images. The test
 set's statistics are computed once and cached (about 20 minutes on 2 cores). ``--n 1000`` doubles it.
 
 Defaults: the shipped ``fashion_ddpm_cpu`` and ``fashion_flow``, those two runs' EMA weights (fetched when

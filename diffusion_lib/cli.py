@@ -75,12 +75,18 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sampler_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES,
+    p.add_argument("--sampler", default=None, choices=SAMPLER_NAMES,
                    help="ddpm, ddim, dpm_solver for a diffusion checkpoint; flow_euler, flow_heun for a "
-                        "flow-matching one (objective: flow); default ddim")
+                        "flow-matching one (objective: flow); default ddim, or flow_euler for a flow checkpoint")
     p.add_argument("--steps", type=int, default=50, help="solver steps: one network call each (ddim, dpm_solver, "
                    "flow_euler), two (flow_heun); ddpm uses all T")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic)")
+
+
+def _default_sampler(args: argparse.Namespace, info: dict) -> None:
+    """No --sampler: the first-order ODE solver of the checkpoint's kind (ddim, or flow_euler for a flow model)."""
+    if args.sampler is None:
+        args.sampler = "flow_euler" if info.get("objective") == "flow" else "ddim"
 
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -129,6 +135,7 @@ def _sample(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out")
     device = pick_device(args.device)
     model, schedule, info = load_model(resolve_checkpoint(args.checkpoint), ema=not args.no_ema, device=device)
+    _default_sampler(args, info)
     vae_file = resolve_vae(info, args.vae)  # found and checked before any sampling
     vae = load_vae(vae_file, device=device) if vae_file is not None else None
     num_classes = info["num_classes"]
@@ -191,6 +198,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     _, _, info = load_model(checkpoint)
+    _default_sampler(args, info)
     vae = resolve_vae(info, args.vae)
     steps = None if args.sampler == "ddpm" else args.steps
     out = args.out or Path(args.checkpoint).with_name(

@@ -418,6 +418,8 @@ def test_load_and_sample_a_flow_checkpoint(flow_run, tmp_path, capsys):
                      "--out", str(out)]) == 0
     assert Image.open(out).size == (2 * (8 + 2) + 2, 2 * (8 + 2) + 2)
     capsys.readouterr()
+    assert cli.main(["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--n", "4", "--out", str(out)]) == 0
+    assert "(flow_euler," in capsys.readouterr().out  # no --sampler: the flow model's own first-order solver
     for sampler in ("ddim", "ddpm", "dpm_solver"):
         assert cli.main(["sample", "--checkpoint", str(checkpoint), "--sampler", sampler, "--out",
                          str(tmp_path / "x.png")]) == 2
@@ -438,6 +440,11 @@ def test_evaluate_a_flow_checkpoint(flow_run, tmp_path, monkeypatch, capsys):
                          "--n", "8", "--extractor", "random-projection-64", "--device", "cpu", "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert written["sampler"] == "flow_euler" and written["steps"] == 2 and written["fid"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        assert cli.main(["evaluate", "--checkpoint", str(checkpoint), "--steps", "2", "--n", "8", "--extractor",
+                         "random-projection-64", "--device", "cpu", "--out", str(tmp_path / "default.json")]) == 0
+    assert json.loads((tmp_path / "default.json").read_text())["sampler"] == "flow_euler"
     capsys.readouterr()
     assert cli.main(["evaluate", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--n", "8",
                      "--extractor", "random-projection-64", "--out", str(tmp_path / "x.json")]) == 2
